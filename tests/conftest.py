@@ -1,0 +1,44 @@
+import os
+
+for name, value in {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "HF_HUB_OFFLINE": "1",
+}.items():
+    os.environ[name] = value
+
+from pathlib import Path  # noqa: E402
+
+import polars as pl  # noqa: E402
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def ingest(tmp_path):
+    """Run the plain ingest chain on a raw file or folder into a per-test store; returns (summary, store)."""
+    from mdt4rec_core.config import PipelineConfig, TrajectoryConfig, resolve_dataset
+    from mdt4rec_core.data.store import Store
+    from tasks.ingest import run_ingest
+
+    store_root = tmp_path / "store"
+
+    def run(source, format="csv", dataset="log", **trajectory):
+        config = PipelineConfig(dataset=dataset, store=str(store_root), trajectories=TrajectoryConfig(**trajectory))
+        summary = run_ingest(config, resolve_dataset(dataset, str(source) if source else None, format))
+        return summary, Store(store_root)
+
+    return run
+
+
+def stored(store, dataset="log") -> pl.DataFrame:
+    scan = store.scan_interactions(dataset)
+    return pl.DataFrame() if scan is None else scan.collect()
+
+
+def quarantined(store, dataset="log") -> pl.DataFrame:
+    scan = store.scan_quarantine(dataset)
+    return pl.DataFrame() if scan is None else scan.collect().sort("file", "row")
