@@ -50,6 +50,9 @@ def _render_ingest(summary: dict[str, Any]) -> None:
         console.print(f"  quarantined for {reason}: {count:,}")
     for path, error in summary.get("file_errors", {}).items():
         console.print(f"  [yellow]{path}[/]: {error}", markup=True)
+    if summary["trajectory_version"] is None:
+        console.print("[yellow]nothing stored yet: no trajectories built[/]")
+        return
     state = "built" if summary["trajectories_built"] else "unchanged, reused"
     console.print(
         f"trajectories {summary['trajectory_version']} ({state}): {summary['users']:,} users, {summary['items']:,} items, "

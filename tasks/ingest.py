@@ -43,15 +43,19 @@ def store_logs(batch: IngestBatch, store_uri: str) -> IngestReport:
     return commit(batch, Store(store_uri))
 
 
-def build_steps(store_uri: str, dataset: str, config: TrajectoryConfig) -> tuple[TrajectorySet, bool]:
-    return build_or_reuse(Store(store_uri), dataset, config)
+def build_steps(store_uri: str, dataset: str, config: TrajectoryConfig) -> tuple[TrajectorySet | None, bool]:
+    """The trajectory set of what is stored (None while nothing is) and whether it was built just now."""
+    store = Store(store_uri)
+    if not store.interaction_parts(dataset):
+        return None, False
+    return build_or_reuse(store, dataset, config)
 
 
 def check_and_save_trajectories(
-    trajectories: TrajectorySet, built: bool, config: TrajectoryConfig, store_uri: str, dataset: str
+    trajectories: TrajectorySet | None, built: bool, config: TrajectoryConfig, store_uri: str, dataset: str
 ) -> ValidationReport | None:
     """Validate a newly built set and save it (a reused set was validated when it was built)."""
-    if not built:
+    if trajectories is None or not built:
         return None
     store = Store(store_uri)
     report = validate_trajectories(trajectories.steps, config, trajectories.catalogue.height, reports_dir(store, dataset))
@@ -65,7 +69,7 @@ class IngestSteps:
     read_logs: Callable[..., IngestBatch]
     check_interactions: Callable[..., ValidationReport | None]
     store_logs: Callable[..., IngestReport]
-    build_steps: Callable[..., tuple[TrajectorySet, bool]]
+    build_steps: Callable[..., tuple[TrajectorySet | None, bool]]
     check_and_save_trajectories: Callable[..., ValidationReport | None]
 
 
@@ -88,14 +92,14 @@ def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestStep
         trajectories_report = steps.check_and_save_trajectories(
             trajectories, built, config.trajectories, store.uri, dataset.name
         )
-    stats = trajectories.stats
+    stats = trajectories.stats if trajectories is not None else None
     return {
         **asdict(ingest),
-        "users": stats.users,
-        "items": stats.items,
-        "episodes": stats.episodes,
-        "steps": stats.steps,
-        "trajectory_version": stats.version,
+        "users": stats.users if stats else 0,
+        "items": stats.items if stats else 0,
+        "episodes": stats.episodes if stats else 0,
+        "steps": stats.steps if stats else 0,
+        "trajectory_version": stats.version if stats else None,
         "trajectories_built": built,
         "store": store.uri,
         "validation": {r.suite: r.as_dict() for r in (interactions_report, trajectories_report) if r is not None},

@@ -123,8 +123,11 @@ def _split_fields(body: pl.DataFrame, layout: TextLayout) -> pl.Series:
     quoted = line.str.contains('"', literal=True)
     if not quoted.any():
         return fields
-    parsed = [next(csv.reader([text], delimiter=layout.separator), []) for text in line.filter(quoted).to_list()]
-    return fields.scatter(quoted.arg_true(), pl.Series(parsed, dtype=pl.List(pl.String)))
+    parsed: list[list[str] | None] = [None] * len(line)
+    for position, text in zip(quoted.arg_true().to_list(), line.filter(quoted).to_list()):
+        parsed[position] = next(csv.reader([text], delimiter=layout.separator), [])
+    reparsed = pl.Series(parsed, dtype=pl.List(pl.String))
+    return pl.select(pl.when(quoted).then(reparsed).otherwise(fields)).to_series().alias(fields.name)
 
 
 def _empty_rows(names: list[str]) -> pl.DataFrame:

@@ -1,0 +1,3 @@
+from mdt4rec_cli.main import main
+
+main()
