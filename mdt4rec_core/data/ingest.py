@@ -106,7 +106,6 @@ def commit(batch: IngestBatch, store: Store, now: dt.datetime | None = None) -> 
     for result in batch.files:
         sha = result.source.sha256
         path = str(result.source.path)
-        store.remove_unrecorded_parts(dataset, sha)
         accepted = batch.accepted.filter(pl.col(SOURCE_FILE) == path).sort(["user_id", TIMESTAMP, "item_id"])
         quarantined = batch.quarantined.filter(pl.col("file") == path).sort("row", nulls_last=True)
         if accepted.height:

@@ -10,7 +10,7 @@ Layout under the store root (a local path or any URI pyarrow understands, such a
 
 Every file is written under a temporary name and renamed into place. A source file's parts are named after its
 content hash and its manifest entry is written last, so a run killed half-way leaves parts without an entry; the next
-run deletes them before ingesting that file again. Nothing is ever stored twice.
+run deletes them (under the dataset's writer lock) before ingesting that file again. Nothing is stored twice.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ class Store:
 
     @contextlib.contextmanager
     def writer_lock(self, dataset: str) -> Iterator[None]:
-        """Hold the dataset's writer lock (one writer at a time on a local store) and clear what killed writers left."""
+        """Hold the dataset's writer lock (one writer at a time on a local store), after clearing what killed
+        writers left behind: temporary files, and parts of source files that never made it into the manifest."""
         handle = None
         if self.is_local:
             lock_dir = Path(self.root) / ".locks"
@@ -119,14 +120,22 @@ class Store:
             handle = (lock_dir / f"{dataset}.lock").open("w")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            for area in ("interactions", "quarantine", "manifest", "items", "users", "trajectories"):
-                for leftover in self.files(f"{area}/dataset={dataset}", TMP_SUFFIX):
-                    self.delete(leftover)
+            self._clear_leftovers(dataset)
             yield
         finally:
             if handle is not None:
                 fcntl.flock(handle, fcntl.LOCK_UN)
                 handle.close()
+
+    def _clear_leftovers(self, dataset: str) -> None:
+        for area in ("interactions", "quarantine", "manifest", "items", "users", "trajectories"):
+            for leftover in self.files(f"{area}/dataset={dataset}", TMP_SUFFIX):
+                self.delete(leftover)
+        recorded = {sha[:16] for sha in self.manifest(dataset)}
+        for area in ("interactions", "quarantine"):
+            for part in self.files(f"{area}/dataset={dataset}", ".parquet"):
+                if part.rsplit("-", 1)[-1].removesuffix(".parquet") not in recorded:
+                    self.delete(part)
 
     # -- manifest ----------------------------------------------------------------------------------------------------
     def manifest(self, dataset: str) -> dict[str, ManifestEntry]:
@@ -139,13 +148,6 @@ class Store:
 
     def record(self, dataset: str, entry: ManifestEntry) -> None:
         self.write_json(asdict(entry), f"manifest/dataset={dataset}/{entry.sha256}.json")
-
-    def remove_unrecorded_parts(self, dataset: str, sha256: str) -> None:
-        """Delete parts of ``sha256`` written by a run that died before recording the file in the manifest."""
-        name = f"part-{sha256[:16]}.parquet"
-        for area in ("interactions", "quarantine"):
-            for relative in self.files(f"{area}/dataset={dataset}", name):
-                self.delete(relative)
 
     # -- reading -----------------------------------------------------------------------------------------------------
     def interaction_parts(self, dataset: str) -> list[str]:

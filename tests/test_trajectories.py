@@ -1,0 +1,83 @@
+"""Trajectory building on hand-computed cases, and versioning by inputs."""
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mdt4rec_core.config import TrajectoryConfig
+from mdt4rec_core.data.episodes import SessionRule
+from mdt4rec_core.data.trajectories import build_trajectories, trailing_windows, episode_rule
+
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+
+
+def _events(rows):
+    return pl.DataFrame(
+        [(u, i, T0 + dt.timedelta(seconds=s), f) for u, i, s, f in rows],
+        schema={"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Datetime("us", "UTC"), "feedback": pl.Float64},
+        orient="row",
+    )
+
+
+def test_steps_states_rewards_and_returns_by_hand():
+    # user a: 5 events (given out of order), feedback 1..5; user b: 2 events. Max 3 steps per episode, state of 2.
+    events = _events([("a", "x3", 30, 3), ("a", "x1", 10, 1), ("a", "x2", 20, 2), ("a", "x4", 40, 4), ("a", "x5", 50, 5),
+                      ("b", "x1", 5, 5), ("b", "x2", 6, 1)])
+    config = TrajectoryConfig(state_length=2, max_episode_steps=3)
+    result = build_trajectories(events, config, episode_rule(config))
+    steps = result.steps
+    index = dict(zip(result.catalogue["item_id"], result.catalogue["index"]))
+    assert result.catalogue["item_id"].to_list() == ["x1", "x2", "x3", "x4", "x5"]
+    a = steps.filter(pl.col("user_id") == "a")
+    assert a["episode"].to_list() == [0, 0, 0, 1, 1]
+    assert a["step"].to_list() == [0, 1, 2, 0, 1]
+    assert a["action"].to_list() == [index[f"x{k}"] for k in range(1, 6)]
+    assert a["reward"].to_list() == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])  # (f - 1) / (5 - 1)
+    assert a["return_to_go"].to_list() == pytest.approx([0.75, 0.75, 0.5, 1.75, 1.0])
+    assert a["done"].to_list() == [False, False, True, False, True]
+    assert a["state_items"].to_list() == [[], [index["x1"]], [index["x1"], index["x2"]], [], [index["x4"]]]
+    assert a["state_feedback"].to_list() == [[], [0.0], [0.0, 0.25], [], [0.75]]
+    b = steps.filter(pl.col("user_id") == "b")
+    assert b["episode"].to_list() == [0, 0] and b["done"].to_list() == [False, True]
+    assert b["return_to_go"].to_list() == pytest.approx([1.0, 0.0])
+    assert (result.stats.users, result.stats.items, result.stats.episodes, result.stats.steps) == (2, 5, 3, 7)
+
+
+def test_state_keeps_only_the_last_n_of_the_episode():
+    events = _events([("a", f"x{k}", k, 1) for k in range(6)])
+    config = TrajectoryConfig(state_length=3, max_episode_steps=30)
+    steps = build_trajectories(events, config, episode_rule(config)).steps
+    assert steps["state_items"].to_list()[-1] == [2, 3, 4]
+    assert steps["reward"].to_list() == [1.0] * 6  # equal feedback everywhere: every logged event counts fully
+
+
+def test_session_gap_starts_a_new_episode():
+    events = _events([("a", "x1", 0, 1), ("a", "x2", 60, 2), ("a", "x3", 4000, 3), ("a", "x4", 4010, 4)])
+    rule = SessionRule(max_steps=30, gap_seconds=3600)
+    steps = build_trajectories(events, TrajectoryConfig(), rule).steps
+    assert steps["episode"].to_list() == [0, 0, 1, 1]
+    assert steps["step"].to_list() == [0, 1, 0, 1]
+
+
+def test_trailing_windows():
+    values = pl.Series("v", [10, 11, 12, 13])
+    assert trailing_windows(values, np.array([0, 1, 2, 1])).to_list() == [[], [10], [10, 11], [12]]
+
+
+def test_version_changes_with_data_and_config_only(ingest, tmp_path):
+    log = tmp_path / "logs"
+    log.mkdir()
+    (log / "day1.csv").write_text("user_id,item_id,timestamp,feedback\nu1,i1,1,1\nu1,i2,2,2\nu2,i1,3,3\n")
+    first, store = ingest(log)
+    assert first["trajectories_built"]
+    again, _ = ingest(log)
+    assert not again["trajectories_built"] and again["trajectory_version"] == first["trajectory_version"]
+    other_config, _ = ingest(log, state_length=5)
+    assert other_config["trajectories_built"] and other_config["trajectory_version"] != first["trajectory_version"]
+    (log / "day2.csv").write_text("user_id,item_id,timestamp,feedback\nu3,i3,4,1\n")
+    new_data, _ = ingest(log)
+    assert new_data["trajectories_built"] and new_data["steps"] == 4
+    assert len({first["trajectory_version"], other_config["trajectory_version"], new_data["trajectory_version"]}) == 3
+    assert store.exists(f"trajectories/dataset=log/version={first['trajectory_version']}/build.json")
