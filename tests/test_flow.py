@@ -1,0 +1,57 @@
+"""The ingest-logs flow under a real (temporary) Prefect API: task runs, artifact, and a failing validation."""
+
+import asyncio
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.ingest_logs import ingest_logs
+from tests.conftest import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+async def _task_runs(flow_run_id):
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        artifacts = await client.read_artifacts()
+    return runs, artifacts
+
+
+def test_flow_runs_every_step_as_a_task(prefect_api, tmp_path):
+    state = ingest_logs(dataset="coat", store=str(tmp_path / "store"), source=str(FIXTURES / "coat"),
+                        return_state=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["rows_read"] == summary["rows_accepted"] > 0 and summary["trajectories_built"]
+    runs, artifacts = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    names = sorted(run.name.rsplit("-", 1)[0] for run in runs)
+    assert names == ["build-steps", "check-and-save-trajectories", "check-interactions", "read-logs", "store-logs"]
+    assert all(run.state.is_completed() for run in runs)
+    assert any(a.key == "ingest-coat" and "rows read" in a.data for a in artifacts)
+
+
+def test_flow_fails_on_a_failing_validation(prefect_api, tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,timestamp,feedback\nu1,i1,1700000000,1\nu1,i2,2999-01-01T00:00:00Z,2\n")
+    state = ingest_logs(dataset="log", store=str(tmp_path / "store"), source=str(log), format="csv",
+                        return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="expect_column_max_to_be_between"):
+        state.result()
+    assert not (tmp_path / "store" / "interactions").exists()
+
+
+def test_flow_rejects_an_unknown_override_before_any_work(prefect_api, tmp_path):
+    state = ingest_logs(dataset="coat", store=str(tmp_path / "store"), source=str(FIXTURES / "coat"),
+                        overrides=["trajectories.nope=1"], return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="unknown configuration key 'trajectories.nope'"):
+        state.result()
+    assert not (tmp_path / "store").exists()
