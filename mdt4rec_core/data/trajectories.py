@@ -44,17 +44,23 @@ class TrajectorySet:
     stats: TrajectoryStats
 
 
-def trailing_windows(values: pl.Series, lengths: np.ndarray) -> pl.Series:
+def trailing_windows(values: pl.Series, lengths: np.ndarray, block_rows: int = 1 << 20) -> pl.Series:
     """List per row i: ``values[i - lengths[i] : i]`` (the ``lengths[i]`` values before row i, oldest first).
 
-    Built from flat offsets in one pass; ``lengths[i] <= i`` must hold.
+    Built from flat offsets, ``block_rows`` rows at a time so that index arrays stay small; ``lengths[i] <= i``.
     """
+    source = values.to_numpy()
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    row_of_element = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    position_in_window = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-    source_index = row_of_element - lengths[row_of_element] + position_in_window
-    flat = pa.array(values.to_numpy()[source_index])
+    pieces = []
+    for start in range(0, len(lengths), block_rows):
+        block = lengths[start : start + block_rows].astype(np.int64)
+        rows = np.arange(start, start + len(block), dtype=np.int64)
+        first = np.repeat(rows - block, block)  # index of each window's oldest value, repeated per element
+        block_offsets = np.cumsum(block) - block
+        position = np.arange(int(block.sum()), dtype=np.int64) - np.repeat(block_offsets, block)
+        pieces.append(source[first + position])
+    flat = pa.array(np.concatenate(pieces) if pieces else source[:0])
     return pl.Series(values.name, pa.LargeListArray.from_arrays(pa.array(offsets), flat))
 
 
