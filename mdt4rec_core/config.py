@@ -78,11 +78,20 @@ class TrajectoryConfig(StrictModel):
     )
 
 
+class IngestConfig(StrictModel):
+    """How new raw files are taken in."""
+
+    batch_megabytes: float = Field(
+        128, gt=0, description="new files are read, validated and stored in batches of about this much raw input"
+    )
+
+
 class PipelineConfig(StrictModel):
     """Everything one run of the data pipeline needs."""
 
     dataset: str = "ml-1m"
     store: str = "store"
+    ingest: IngestConfig = IngestConfig()
     trajectories: TrajectoryConfig = TrajectoryConfig()
 
 

@@ -1,4 +1,5 @@
-"""The ingest chain: read new files -> validate -> store -> build trajectories -> validate.
+"""The ingest chain: plan -> per batch of new files (read -> validate -> store) -> side tables -> build trajectories
+-> validate and save.
 
 The chain is written once (``run_ingest``) over a table of steps. ``PLAIN_STEPS`` call the functions directly
 (``mdt4rec ingest``); ``TASK_STEPS`` are the same functions as Prefect tasks (the ``ingest-logs`` flow), so that each
@@ -15,8 +16,11 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mdt4rec_core.config import DatasetConfig, PipelineConfig, TrajectoryConfig
-from mdt4rec_core.data.ingest import IngestBatch, IngestReport, check_readable, commit, read_new_files
+from mdt4rec_core.config import DatasetConfig, IngestConfig, PipelineConfig, TrajectoryConfig
+from mdt4rec_core.data.ingest import (
+    IngestBatch, IngestPlan, IngestReport, check_readable, commit, ingest_side_tables, plan_ingest, read_batch,
+)
+from mdt4rec_core.data.sources import SourceFile
 from mdt4rec_core.data.store import Store
 from mdt4rec_core.data.trajectories import TrajectorySet, build_or_reuse, save_trajectories
 from tasks.validation import (
@@ -24,16 +28,16 @@ from tasks.validation import (
 )
 
 
-def read_logs(dataset: DatasetConfig, store_uri: str) -> IngestBatch:
-    batch = read_new_files(dataset, Store(store_uri))
-    check_readable(batch)
-    return batch
+def plan_logs(dataset: DatasetConfig, store_uri: str, config: IngestConfig) -> IngestPlan:
+    return plan_ingest(dataset, Store(store_uri), int(config.batch_megabytes * 2**20))
 
 
-def check_interactions(batch: IngestBatch, store_uri: str) -> ValidationReport | None:
+def read_logs(dataset: DatasetConfig, files: list[tuple[int, SourceFile]], store_uri: str) -> IngestBatch:
+    return read_batch(dataset, files, Store(store_uri))
+
+
+def check_interactions(batch: IngestBatch, store_uri: str) -> ValidationReport:
     """Validate the batch's accepted rows before anything is stored; raise ValidationFailed when they fail."""
-    if not batch.files:
-        return None
     report = validate_interactions(batch.accepted, reports_dir(Store(store_uri), batch.dataset))
     _raise_on_failure(report)
     return report
@@ -41,6 +45,10 @@ def check_interactions(batch: IngestBatch, store_uri: str) -> ValidationReport |
 
 def store_logs(batch: IngestBatch, store_uri: str) -> IngestReport:
     return commit(batch, Store(store_uri))
+
+
+def store_side_tables(dataset: DatasetConfig, store_uri: str) -> dict[str, int]:
+    return ingest_side_tables(dataset, Store(store_uri))
 
 
 def build_steps(store_uri: str, dataset: str, config: TrajectoryConfig) -> tuple[TrajectorySet | None, bool]:
@@ -66,14 +74,18 @@ def check_and_save_trajectories(
 
 @dataclass(frozen=True)
 class IngestSteps:
+    plan_logs: Callable[..., IngestPlan]
     read_logs: Callable[..., IngestBatch]
-    check_interactions: Callable[..., ValidationReport | None]
+    check_interactions: Callable[..., ValidationReport]
     store_logs: Callable[..., IngestReport]
+    store_side_tables: Callable[..., dict[str, int]]
     build_steps: Callable[..., tuple[TrajectorySet | None, bool]]
     check_and_save_trajectories: Callable[..., ValidationReport | None]
 
 
-PLAIN_STEPS = IngestSteps(read_logs, check_interactions, store_logs, build_steps, check_and_save_trajectories)
+PLAIN_STEPS = IngestSteps(
+    plan_logs, read_logs, check_interactions, store_logs, store_side_tables, build_steps, check_and_save_trajectories
+)
 TASK_STEPS = IngestSteps(
     *(task(step, name=step.__name__.replace("_", "-"), cache_policy=NO_CACHE)
       for step in (getattr(PLAIN_STEPS, f.name) for f in fields(IngestSteps)))
@@ -85,9 +97,16 @@ def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestStep
     started = time.perf_counter()
     store = Store(config.store)
     with store.writer_lock(dataset.name):
-        batch = steps.read_logs(dataset, store.uri)
-        interactions_report = steps.check_interactions(batch, store.uri)
-        ingest = steps.store_logs(batch, store.uri)
+        plan = steps.plan_logs(dataset, store.uri, config.ingest)
+        batch_reports, interaction_checks = [], []
+        for files in plan.batches:
+            batch = steps.read_logs(dataset, files, store.uri)
+            interaction_checks.append(steps.check_interactions(batch, store.uri))
+            batch_reports.append(steps.store_logs(batch, store.uri))
+            del batch
+        side_tables = steps.store_side_tables(dataset, store.uri)
+        ingest = IngestReport.combine(dataset.name, batch_reports, files_skipped=len(plan.skipped))
+        check_readable(ingest)
         trajectories, built = steps.build_steps(store.uri, dataset.name, config.trajectories)
         trajectories_report = steps.check_and_save_trajectories(
             trajectories, built, config.trajectories, store.uri, dataset.name
@@ -102,7 +121,12 @@ def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestStep
         "trajectory_version": stats.version if stats else None,
         "trajectories_built": built,
         "store": store.uri,
-        "validation": {r.suite: r.as_dict() for r in (interactions_report, trajectories_report) if r is not None},
+        "batches": len(plan.batches),
+        "side_tables": side_tables,
+        "validation": {
+            "interactions": [r.as_dict() for r in interaction_checks],
+            "trajectories": trajectories_report.as_dict() if trajectories_report else None,
+        },
         "seconds": round(time.perf_counter() - started, 3),
     }
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mdt4rec_core.config import DatasetConfig, TrajectoryConfig
-from mdt4rec_core.data.ingest import read_new_files
+from mdt4rec_core.data.ingest import plan_ingest, read_batch
 from mdt4rec_core.data.store import Store
 from mdt4rec_core.data.trajectories import build_trajectories, episode_rule
 
@@ -25,17 +25,20 @@ def test_every_row_is_accepted_or_quarantined(tmp_path_factory, lines, truncate)
     body = "\n".join(lines) + ("" if truncate else "\n")
     (folder / "log.csv").write_bytes(("user_id,item_id,timestamp,feedback\n" + body).encode())
     dataset = DatasetConfig(name="p", format="csv", path=str(folder / "log.csv"))
-    batch = read_new_files(dataset, Store(folder / "store"))
+    store = Store(folder / "store")
+    (files,) = plan_ingest(dataset, store, batch_bytes=2**20).batches
+    batch = read_batch(dataset, files, store)
     rows_read = sum(1 for line in lines if line) if lines else 0
     assert batch.rows_read == rows_read
     assert batch.accepted.height + batch.quarantined.height == rows_read
-    good_keys = {tuple(line.split(",")[:3]) for line in lines if GOOD_PATTERN(line)}
-    if not truncate or not lines or not GOOD_PATTERN(lines[-1]):
+    good_keys = {tuple(line.split(",")[:3]) for line in lines if _is_good(line)}
+    if not truncate or not lines or not _is_good(lines[-1]):
         assert batch.accepted.height == len(good_keys)  # one per distinct (user, item, timestamp)
     assert set(batch.quarantined["row"].drop_nulls().to_list()) <= set(range(2, rows_read + 2))
 
 
-def GOOD_PATTERN(line: str) -> bool:
+def _is_good(line: str) -> bool:
+    """Whether a generated line came from GOOD (four well-formed fields)."""
     parts = line.split(",")
     return len(parts) == 4 and parts[0].startswith("u") and parts[1].startswith("i") and parts[2].isdigit() \
         and parts[3].isdigit()

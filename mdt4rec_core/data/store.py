@@ -28,7 +28,6 @@ import polars as pl
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mdt4rec_core.data.schema import EVENT_KEY
 
 TMP_SUFFIX = ".tmp"
 
@@ -161,9 +160,10 @@ class Store:
         return pl.scan_parquet([self.url(p) for p in parts], hive_partitioning=False, missing_columns="insert",
                                extra_columns="ignore")
 
-    def stored_event_keys(self, dataset: str) -> pl.DataFrame | None:
+    def stored_key_hashes(self, dataset: str, key_hash: pl.Expr) -> pl.Series | None:
+        """``key_hash`` evaluated on every stored event of ``dataset`` (None when nothing is stored)."""
         scan = self.scan_interactions(dataset)
-        return None if scan is None else scan.select(EVENT_KEY).collect()
+        return None if scan is None else scan.select(key_hash.alias("hash")).collect()["hash"]
 
     def scan_quarantine(self, dataset: str) -> pl.LazyFrame | None:
         parts = self.files(f"quarantine/dataset={dataset}", ".parquet")
