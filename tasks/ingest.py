@@ -22,7 +22,10 @@ from mdt4rec_core.data.ingest import (
 )
 from mdt4rec_core.data.sources import SourceFile
 from mdt4rec_core.data.store import Store
-from mdt4rec_core.data.trajectories import TrajectorySet, build_or_reuse, save_trajectories
+from mdt4rec_core.data.schema import USER_ID
+from mdt4rec_core.data.trajectories import (
+    TrajectoryStats, build_bucket, finish_build, plan_trajectories, save_bucket, stored_stats, summarise,
+)
 from tasks.validation import (
     ValidationFailed, ValidationReport, reports_dir, validate_interactions, validate_trajectories,
 )
@@ -51,25 +54,34 @@ def store_side_tables(dataset: DatasetConfig, store_uri: str) -> dict[str, int]:
     return ingest_side_tables(dataset, Store(store_uri))
 
 
-def build_steps(store_uri: str, dataset: str, config: TrajectoryConfig) -> tuple[TrajectorySet | None, bool]:
-    """The trajectory set of what is stored (None while nothing is) and whether it was built just now."""
+def build_trajectories(store_uri: str, dataset: str, config: TrajectoryConfig) -> TrajectoryBuild:
+    """Build (or reuse) the trajectory set of what is stored, bucket by bucket: each bucket is validated before it is
+    saved, and the set becomes current only when every bucket passed."""
     store = Store(store_uri)
-    if not store.interaction_parts(dataset):
-        return None, False
-    return build_or_reuse(store, dataset, config)
+    plan = plan_trajectories(store, dataset, config)
+    if plan is None:
+        return TrajectoryBuild(None, built=False, checks=[])
+    existing = stored_stats(store, dataset, plan.version)
+    if existing is not None:
+        return TrajectoryBuild(existing, built=False, checks=[])
+    parts, checks = [], []
+    for bucket in range(plan.buckets):
+        steps = build_bucket(store, plan, bucket)
+        report = validate_trajectories(steps, config, plan.catalogue.height, reports_dir(store, dataset))
+        _raise_on_failure(report)
+        save_bucket(store, plan, bucket, steps)
+        parts.append(steps.select(USER_ID, "done"))
+        checks.append(report)
+    stats = summarise(parts, plan.version, plan.catalogue.height, plan.feedback_min, plan.feedback_max)
+    finish_build(store, plan, stats)
+    return TrajectoryBuild(stats, built=True, checks=checks)
 
 
-def check_and_save_trajectories(
-    trajectories: TrajectorySet | None, built: bool, config: TrajectoryConfig, store_uri: str, dataset: str
-) -> ValidationReport | None:
-    """Validate a newly built set and save it (a reused set was validated when it was built)."""
-    if trajectories is None or not built:
-        return None
-    store = Store(store_uri)
-    report = validate_trajectories(trajectories.steps, config, trajectories.catalogue.height, reports_dir(store, dataset))
-    _raise_on_failure(report)
-    save_trajectories(store, dataset, trajectories)
-    return report
+@dataclass(frozen=True)
+class TrajectoryBuild:
+    stats: TrajectoryStats | None  # None while nothing is stored
+    built: bool  # False when an identical set already existed
+    checks: list[ValidationReport]
 
 
 @dataclass(frozen=True)
@@ -79,12 +91,11 @@ class IngestSteps:
     check_interactions: Callable[..., ValidationReport]
     store_logs: Callable[..., IngestReport]
     store_side_tables: Callable[..., dict[str, int]]
-    build_steps: Callable[..., tuple[TrajectorySet | None, bool]]
-    check_and_save_trajectories: Callable[..., ValidationReport | None]
+    build_trajectories: Callable[..., TrajectoryBuild]
 
 
 PLAIN_STEPS = IngestSteps(
-    plan_logs, read_logs, check_interactions, store_logs, store_side_tables, build_steps, check_and_save_trajectories
+    plan_logs, read_logs, check_interactions, store_logs, store_side_tables, build_trajectories
 )
 TASK_STEPS = IngestSteps(
     *(task(step, name=step.__name__.replace("_", "-"), cache_policy=NO_CACHE)
@@ -107,11 +118,8 @@ def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestStep
         side_tables = steps.store_side_tables(dataset, store.uri)
         ingest = IngestReport.combine(dataset.name, batch_reports, files_skipped=len(plan.skipped))
         check_readable(ingest)
-        trajectories, built = steps.build_steps(store.uri, dataset.name, config.trajectories)
-        trajectories_report = steps.check_and_save_trajectories(
-            trajectories, built, config.trajectories, store.uri, dataset.name
-        )
-    stats = trajectories.stats if trajectories is not None else None
+        trajectories = steps.build_trajectories(store.uri, dataset.name, config.trajectories)
+    stats = trajectories.stats
     return {
         **asdict(ingest),
         "users": stats.users if stats else 0,
@@ -119,13 +127,13 @@ def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestStep
         "episodes": stats.episodes if stats else 0,
         "steps": stats.steps if stats else 0,
         "trajectory_version": stats.version if stats else None,
-        "trajectories_built": built,
+        "trajectories_built": trajectories.built,
         "store": store.uri,
         "batches": len(plan.batches),
         "side_tables": side_tables,
         "validation": {
             "interactions": [r.as_dict() for r in interaction_checks],
-            "trajectories": trajectories_report.as_dict() if trajectories_report else None,
+            "trajectories": [r.as_dict() for r in trajectories.checks],
         },
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -29,7 +29,7 @@ from mdt4rec_core.config import PipelineConfig, TrajectoryConfig  # noqa: E402
 from mdt4rec_core.data.checks import interaction_view, trajectory_view  # noqa: E402
 from mdt4rec_core.data.schema import USER_ID  # noqa: E402
 from mdt4rec_core.data.store import Store  # noqa: E402
-from mdt4rec_core.data.trajectories import load_trajectories  # noqa: E402
+from mdt4rec_core.data.trajectories import stored_stats, trajectory_dir  # noqa: E402
 from mdt4rec_core.errors import InputError  # noqa: E402
 
 MAX_ROWS_PER_CHUNK = 2_000_000
@@ -227,16 +227,19 @@ def reports_dir(store: Store, dataset: str) -> Path:
 
 
 def validate_stored(config: PipelineConfig) -> dict:
-    """Run both suites over everything stored for ``config.dataset``: all interactions, the current trajectory set."""
+    """Run both suites over everything stored for ``config.dataset``: all interactions, and the current trajectory
+    set part by part."""
     store = Store(config.store)
     scan = store.scan_interactions(config.dataset)
     if scan is None:
         raise InputError(f"dataset {config.dataset!r} has nothing stored in {store.uri}: ingest it first")
     docs = reports_dir(store, config.dataset)
     reports = [validate_interactions(scan.collect(), docs)]
-    trajectories = load_trajectories(store, config.dataset)
-    if trajectories is not None:
-        reports.append(validate_trajectories(trajectories.steps, config.trajectories, trajectories.catalogue.height, docs))
+    stats = stored_stats(store, config.dataset)
+    if stats is not None:
+        folder = trajectory_dir(config.dataset, stats.version)
+        for part in store.files(f"{folder}/steps", ".parquet"):
+            reports.append(validate_trajectories(pl.read_parquet(store.url(part)), config.trajectories, stats.items, docs))
     return {
         "dataset": config.dataset,
         "success": all(r.success for r in reports),

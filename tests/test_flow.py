@@ -32,8 +32,8 @@ def test_flow_runs_every_step_as_a_task(prefect_api, tmp_path):
     assert summary["rows_read"] == summary["rows_accepted"] > 0 and summary["trajectories_built"]
     runs, artifacts = asyncio.run(_task_runs(state.state_details.flow_run_id))
     names = sorted(run.name.rsplit("-", 1)[0] for run in runs)
-    assert names == ["build-steps", "check-and-save-trajectories", "check-interactions", "plan-logs", "read-logs",
-                     "store-logs", "store-side-tables"]
+    assert names == ["build-trajectories", "check-interactions", "plan-logs", "read-logs", "store-logs",
+                     "store-side-tables"]
     assert all(run.state.is_completed() for run in runs)
     assert any(a.key == "ingest-coat" and "rows read" in a.data for a in artifacts)
 

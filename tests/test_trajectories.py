@@ -81,3 +81,20 @@ def test_version_changes_with_data_and_config_only(ingest, tmp_path):
     assert new_data["trajectories_built"] and new_data["steps"] == 4
     assert len({first["trajectory_version"], other_config["trajectory_version"], new_data["trajectory_version"]}) == 3
     assert store.exists(f"trajectories/dataset=log/version={first['trajectory_version']}/build.json")
+
+
+def test_bucketed_build_equals_the_whole_build(ingest, tmp_path):
+    from mdt4rec_core.data.trajectories import build_bucket, load_trajectories, plan_trajectories
+
+    log = tmp_path / "log.csv"
+    rows = [f"u{k % 7},i{(k * 5) % 11},{1_700_000_000 + k},{k % 5}" for k in range(120)]
+    log.write_text("user_id,item_id,timestamp,feedback\n" + "\n".join(rows) + "\n")
+    summary, store = ingest(log, max_episode_steps=4, state_length=3)
+    whole = load_trajectories(store, "log")
+    assert whole is not None and whole.stats.steps == summary["steps"] == 120
+    config = TrajectoryConfig(max_episode_steps=4, state_length=3)
+    plan = plan_trajectories(store, "log", config, max_rows_per_bucket=25)
+    assert plan.buckets == 5 and plan.version == summary["trajectory_version"]
+    parts = pl.concat([build_bucket(store, plan, b) for b in range(plan.buckets)])
+    order = ["user_id", "episode", "step"]
+    assert parts.sort(order).equals(whole.steps.sort(order))

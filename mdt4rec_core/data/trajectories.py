@@ -1,7 +1,9 @@
 """Trajectory building: stored interactions -> offline episodes of (state, action, reward, return-to-go) steps.
 
 The result is versioned by a hash of its inputs (the dataset's ingested files and the build configuration) and
-stored under ``trajectories/dataset=<name>/version=<hash>/``; an unchanged version is reused, never rebuilt.
+stored under ``trajectories/dataset=<name>/version=<hash>/`` (``steps/part-*.parquet``, ``catalogue.parquet``,
+``build.json``); an unchanged version is reused, never rebuilt. Large logs are built in buckets of users, so memory
+stays bounded by a bucket.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class TrajectoryStats:
     steps: int
     feedback_min: float
     feedback_max: float
+    buckets: int = 1
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,28 @@ class TrajectorySet:
     steps: pl.DataFrame
     catalogue: pl.DataFrame
     stats: TrajectoryStats
+
+
+@dataclass(frozen=True)
+class TrajectoryPlan:
+    """What a build of the stored interactions of ``dataset`` needs before any step is made.
+
+    The catalogue and the feedback range are global, so that steps built bucket by bucket (users split by a hash of
+    their id into ``buckets`` groups of about ``max_rows_per_bucket`` events) are the steps of one build.
+    """
+
+    dataset: str
+    version: str
+    config: TrajectoryConfig
+    rule: EpisodeRule
+    catalogue: pl.DataFrame
+    feedback_min: float
+    feedback_max: float
+    buckets: int
+
+    @property
+    def folder(self) -> str:
+        return trajectory_dir(self.dataset, self.version)
 
 
 def trailing_windows(values: pl.Series, lengths: np.ndarray, block_rows: int = 1 << 20) -> pl.Series:
@@ -68,24 +93,34 @@ def episode_rule(config: TrajectoryConfig) -> EpisodeRule:
     return SessionRule(max_steps=config.max_episode_steps, gap_seconds=config.session_gap_seconds)
 
 
-def build_trajectories(
-    interactions: pl.DataFrame, config: TrajectoryConfig, rule: EpisodeRule, version: str = ""
-) -> TrajectorySet:
-    """Turn events (user_id, item_id, timestamp, feedback) into steps.
+def item_catalogue(items: pl.Series) -> pl.DataFrame:
+    """``item_id`` -> ``index`` (Int32), ids sorted so that the same items always get the same indices."""
+    return items.unique().sort().to_frame(ITEM_ID).with_row_index("index").select(ITEM_ID, pl.col("index").cast(pl.Int32))
+
+
+def build_trajectories(interactions: pl.DataFrame, config: TrajectoryConfig, rule: EpisodeRule) -> TrajectorySet:
+    """All steps of ``interactions`` in memory, with the catalogue and feedback range taken from them."""
+    if interactions.height == 0:
+        raise InputError("no interactions to build trajectories from")
+    catalogue = item_catalogue(interactions[ITEM_ID])
+    low, high = float(interactions[FEEDBACK].min()), float(interactions[FEEDBACK].max())
+    steps = make_steps(interactions, config, rule, catalogue, low, high)
+    return TrajectorySet(steps, catalogue, summarise([steps], "", catalogue.height, low, high))
+
+
+def make_steps(
+    interactions: pl.DataFrame, config: TrajectoryConfig, rule: EpisodeRule, catalogue: pl.DataFrame,
+    feedback_min: float, feedback_max: float,
+) -> pl.DataFrame:
+    """Turn events (user_id, item_id, timestamp, feedback) into steps following TRAJECTORY_SCHEMA.
 
     Per user and in time order: the episode index from ``rule``; ``state_items``/``state_feedback`` = the last
     ``config.state_length`` actions of the same episode and their rewards (oldest first, empty at step 0);
-    ``reward`` = feedback min-max normalised to [0, 1] over the whole set (1.0 when all feedback is equal);
+    ``reward`` = feedback min-max normalised to [0, 1] by the given range (1.0 when the range is a point);
     ``return_to_go`` = sum of rewards from the step to the episode's end.
     """
-    if interactions.height == 0:
-        raise InputError("no interactions to build trajectories from")
-    catalogue = (
-        interactions.select(pl.col(ITEM_ID).unique().sort()).with_row_index("index").select(ITEM_ID, pl.col("index").cast(pl.Int32))
-    )
-    low, high = interactions.select(pl.col(FEEDBACK).min().alias("low"), pl.col(FEEDBACK).max().alias("high")).row(0)
-    span = high - low
-    reward = ((pl.col(FEEDBACK) - low) / span) if span > 0 else pl.lit(1.0)
+    span = feedback_max - feedback_min
+    reward = ((pl.col(FEEDBACK) - feedback_min) / span) if span > 0 else pl.lit(1.0)
     events = (
         interactions.select(USER_ID, ITEM_ID, TIMESTAMP, FEEDBACK)
         .sort([USER_ID, TIMESTAMP, ITEM_ID])
@@ -106,20 +141,24 @@ def build_trajectories(
         pl.col("_start").shift(-1).fill_null(True).alias("done"),
     )
     state_lengths = np.minimum(events["step"].to_numpy(), config.state_length)
-    steps = events.with_columns(
+    return events.with_columns(
         trailing_windows(events["action"], state_lengths).alias("state_items"),
         trailing_windows(events["reward"], state_lengths).alias("state_feedback"),
     ).select(list(TRAJECTORY_SCHEMA)).cast(TRAJECTORY_SCHEMA)
-    stats = TrajectoryStats(
+
+
+def summarise(parts: list[pl.DataFrame], version: str, items: int, low: float, high: float) -> TrajectoryStats:
+    """Stats of a build from its bucket parts (users never span buckets)."""
+    return TrajectoryStats(
         version=version,
-        users=steps[USER_ID].n_unique(),
-        items=catalogue.height,
-        episodes=steps.filter(pl.col("done")).height,
-        steps=steps.height,
-        feedback_min=float(low),
-        feedback_max=float(high),
+        users=sum(p[USER_ID].n_unique() for p in parts),
+        items=items,
+        episodes=sum(int(p["done"].sum()) for p in parts),
+        steps=sum(p.height for p in parts),
+        feedback_min=low,
+        feedback_max=high,
+        buckets=len(parts),
     )
-    return TrajectorySet(steps, catalogue, stats)
 
 
 def trajectory_version(store: Store, dataset: str, config: TrajectoryConfig, rule: EpisodeRule) -> str:
@@ -133,40 +172,63 @@ def trajectory_dir(dataset: str, version: str) -> str:
     return f"trajectories/dataset={dataset}/version={version}"
 
 
-def build_or_reuse(store: Store, dataset: str, config: TrajectoryConfig) -> tuple[TrajectorySet, bool]:
-    """The trajectory set of the store's current snapshot of ``dataset``; True when it was built just now."""
-    rule = episode_rule(config)
-    version = trajectory_version(store, dataset, config, rule)
-    existing = load_trajectories(store, dataset, version)
-    if existing is not None:
-        return existing, False
+def plan_trajectories(
+    store: Store, dataset: str, config: TrajectoryConfig, max_rows_per_bucket: int = 4_000_000
+) -> TrajectoryPlan | None:
+    """The build plan for the store's current snapshot of ``dataset`` (None while nothing is stored)."""
     scan = store.scan_interactions(dataset)
     if scan is None:
-        raise InputError(f"dataset {dataset!r} has no stored interactions in {store.uri}: ingest it first")
-    built = build_trajectories(scan.select(USER_ID, ITEM_ID, TIMESTAMP, FEEDBACK).collect(), config, rule, version)
-    return built, True
+        return None
+    rule = episode_rule(config)
+    rows, low, high = scan.select(
+        pl.len().alias("rows"), pl.col(FEEDBACK).min().alias("low"), pl.col(FEEDBACK).max().alias("high")
+    ).collect().row(0)
+    catalogue = item_catalogue(scan.select(pl.col(ITEM_ID).unique()).collect()[ITEM_ID])
+    return TrajectoryPlan(
+        dataset=dataset, version=trajectory_version(store, dataset, config, rule), config=config, rule=rule,
+        catalogue=catalogue, feedback_min=float(low), feedback_max=float(high),
+        buckets=max(1, -(-rows // max_rows_per_bucket)),
+    )
 
 
-def save_trajectories(store: Store, dataset: str, trajectories: TrajectorySet) -> None:
-    """Write steps and catalogue, then build.json last: a version without build.json is incomplete."""
-    folder = trajectory_dir(dataset, trajectories.stats.version)
-    store.write_parquet(trajectories.steps, f"{folder}/steps.parquet")
-    store.write_parquet(trajectories.catalogue, f"{folder}/catalogue.parquet")
-    store.write_json(asdict(trajectories.stats), f"{folder}/build.json")
-    store.write_json({"version": trajectories.stats.version}, f"trajectories/dataset={dataset}/CURRENT.json")
+def build_bucket(store: Store, plan: TrajectoryPlan, bucket: int) -> pl.DataFrame:
+    """Steps of the users whose id hashes into ``bucket``."""
+    scan = store.scan_interactions(plan.dataset)
+    assert scan is not None
+    events = scan.select(USER_ID, ITEM_ID, TIMESTAMP, FEEDBACK)
+    if plan.buckets > 1:
+        events = events.filter(pl.col(USER_ID).hash(seed=0) % plan.buckets == bucket)
+    return make_steps(events.collect(), plan.config, plan.rule, plan.catalogue, plan.feedback_min, plan.feedback_max)
 
 
-def load_trajectories(store: Store, dataset: str, version: str | None = None) -> TrajectorySet | None:
-    """The stored set ``version`` (default: the latest built), or None when it does not exist."""
+def save_bucket(store: Store, plan: TrajectoryPlan, bucket: int, steps: pl.DataFrame) -> None:
+    store.write_parquet(steps, f"{plan.folder}/steps/part-{bucket:05d}.parquet")
+
+
+def finish_build(store: Store, plan: TrajectoryPlan, stats: TrajectoryStats) -> None:
+    """Write the catalogue, then build.json (a version without build.json is incomplete), then point CURRENT at it."""
+    store.write_parquet(plan.catalogue, f"{plan.folder}/catalogue.parquet")
+    store.write_json(asdict(stats), f"{plan.folder}/build.json")
+    store.write_json({"version": plan.version}, f"trajectories/dataset={plan.dataset}/CURRENT.json")
+
+
+def stored_stats(store: Store, dataset: str, version: str | None = None) -> TrajectoryStats | None:
+    """Stats of the complete stored set ``version`` (default: the current one), or None when there is none."""
     if version is None:
         current = store.read_json(f"trajectories/dataset={dataset}/CURRENT.json")
         if current is None:
             return None
         version = current["version"]
-    folder = trajectory_dir(dataset, version)
-    stats = store.read_json(f"{folder}/build.json")
+    stats = store.read_json(f"{trajectory_dir(dataset, version)}/build.json")
+    return None if stats is None else TrajectoryStats(**stats)
+
+
+def load_trajectories(store: Store, dataset: str, version: str | None = None) -> TrajectorySet | None:
+    """The complete stored set ``version`` (default: the current one) read into memory, or None."""
+    stats = stored_stats(store, dataset, version)
     if stats is None:
         return None
-    steps = pl.read_parquet(store.url(f"{folder}/steps.parquet"))
+    folder = trajectory_dir(dataset, stats.version)
+    steps = pl.read_parquet([store.url(p) for p in store.files(f"{folder}/steps", ".parquet")])
     catalogue = pl.read_parquet(store.url(f"{folder}/catalogue.parquet"))
-    return TrajectorySet(steps, catalogue, TrajectoryStats(**stats))
+    return TrajectorySet(steps, catalogue, stats)
