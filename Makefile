@@ -31,6 +31,7 @@ run: $(INSTALLED)
 	$(BIN)/mdt4rec pipeline --dataset ml-1m --store $(STORE)
 
 test: $(INSTALLED)
+	$(BIN)/ruff check mdt4rec_core tasks flows mdt4rec_cli tests benchmarks
 	$(BIN)/python -m pytest
 
 bench: $(INSTALLED)

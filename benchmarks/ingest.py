@@ -44,8 +44,13 @@ def child_polars(store: str, dataset: str, source: str | None, format: str | Non
     started = time.perf_counter()
     summary = run_ingest(config, resolve_dataset(dataset, source, format))
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss_start,
-            "rows_accepted": summary["rows_accepted"], "steps": summary["steps"]}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_after_imports_mb": rss_start,
+        "rows_accepted": summary["rows_accepted"],
+        "steps": summary["steps"],
+    }
 
 
 def child_pandas(store: str) -> dict:
@@ -68,29 +73,46 @@ def child_pandas(store: str) -> dict:
     # Read and type, quarantining rows whose fields do not parse.
     raw = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     raw.columns = [c.split(":", 1)[0] for c in raw.columns]
-    frame = pd.DataFrame({
-        "user_id": raw["user_id"].str.strip(),
-        "item_id": raw["item_id"].str.strip(),
-        "timestamp": pd.to_datetime(pd.to_numeric(raw["timestamp"], errors="coerce"), unit="s", utc=True),
-        "feedback": pd.to_numeric(raw["rating"], errors="coerce").astype("float64"),
-        "source_file": str(path),
-        "source_row": np.arange(2, len(raw) + 2),
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": raw["user_id"].str.strip(),
+            "item_id": raw["item_id"].str.strip(),
+            "timestamp": pd.to_datetime(pd.to_numeric(raw["timestamp"], errors="coerce"), unit="s", utc=True),
+            "feedback": pd.to_numeric(raw["rating"], errors="coerce").astype("float64"),
+            "source_file": str(path),
+            "source_row": np.arange(2, len(raw) + 2),
+        }
+    )
     reason = np.select(
-        [frame["user_id"] == "", frame["item_id"] == "", frame["timestamp"].isna(), frame["feedback"].isna(),
-         ~np.isfinite(frame["feedback"]), frame["feedback"] < 0],
+        [
+            frame["user_id"] == "",
+            frame["item_id"] == "",
+            frame["timestamp"].isna(),
+            frame["feedback"].isna(),
+            ~np.isfinite(frame["feedback"]),
+            frame["feedback"] < 0,
+        ],
         ["missing user_id", "missing item_id", "unparsable timestamp", "feedback not a number", "infinite", "negative"],
         default="",
     )
     bad = reason != ""
     duplicate = frame.duplicated(["user_id", "item_id", "timestamp"]) & ~bad
-    quarantined = pd.DataFrame({"file": str(path), "row": frame["source_row"][bad | duplicate],
-                                "reason": np.where(duplicate, "duplicate", reason)[bad | duplicate]})
+    quarantined = pd.DataFrame(
+        {
+            "file": str(path),
+            "row": frame["source_row"][bad | duplicate],
+            "reason": np.where(duplicate, "duplicate", reason)[bad | duplicate],
+        }
+    )
     accepted = frame[~bad & ~duplicate]
 
     # Validate, then store (temporary name, rename) with a manifest entry.
-    report = run_suite("interactions", pl.from_pandas(accepted[["user_id", "item_id", "timestamp", "feedback"]]),
-                       interaction_expectations(dt.datetime.now(dt.UTC)), out / "reports")
+    report = run_suite(
+        "interactions",
+        pl.from_pandas(accepted[["user_id", "item_id", "timestamp", "feedback"]]),
+        interaction_expectations(dt.datetime.now(dt.UTC)),
+        out / "reports",
+    )
     assert report.success, report.summary()
     part = out / "interactions" / "part.parquet"
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -129,14 +151,20 @@ def child_pandas(store: str) -> dict:
     view["seconds_since_previous_step"] = gap
     view["step_increment"] = events.groupby(keys)["step"].diff().fillna(1).astype("int64")
     view["terminal_steps_in_episode"] = events.groupby(keys)["done"].transform("sum")
-    report = run_suite("trajectories", pl.from_pandas(view), trajectory_expectations(config, len(catalogue)),
-                       out / "reports")
+    report = run_suite(
+        "trajectories", pl.from_pandas(view), trajectory_expectations(config, len(catalogue)), out / "reports"
+    )
     assert report.success, report.summary()
     events.drop(columns=["item_id"]).to_parquet(out / "steps.parquet")
     pd.DataFrame({"item_id": catalogue}).to_parquet(out / "catalogue.parquet")
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": rss_start,
-            "rows_accepted": len(accepted), "steps": len(events)}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_after_imports_mb": rss_start,
+        "rows_accepted": len(accepted),
+        "steps": len(events),
+    }
 
 
 def write_synthetic(folder: Path, rows: int, files: int = 20, seed: int = 0) -> None:
@@ -149,13 +177,16 @@ def write_synthetic(folder: Path, rows: int, files: int = 20, seed: int = 0) -> 
     per_file = rows // files
     for day in range(files):
         start = 1_700_000_000 + day * 86_400
-        pl.DataFrame({
-            "user_id": pl.Series(rng.integers(0, 200_000, per_file)).cast(pl.String).str.pad_start(6, "0"),
-            "item_id": pl.Series(rng.integers(0, 50_000, per_file)).cast(pl.String),
-            "timestamp": np.sort(rng.integers(start, start + 86_400, per_file)),
-            "feedback": rng.integers(1, 6, per_file).astype(float),
-        }).with_columns(pl.format("u{}", "user_id").alias("user_id"), pl.format("i{}", "item_id").alias("item_id")) \
-            .write_csv(folder / f"events-{day:02d}.csv")
+        pl.DataFrame(
+            {
+                "user_id": pl.Series(rng.integers(0, 200_000, per_file)).cast(pl.String).str.pad_start(6, "0"),
+                "item_id": pl.Series(rng.integers(0, 50_000, per_file)).cast(pl.String),
+                "timestamp": np.sort(rng.integers(start, start + 86_400, per_file)),
+                "feedback": rng.integers(1, 6, per_file).astype(float),
+            }
+        ).with_columns(
+            pl.format("u{}", "user_id").alias("user_id"), pl.format("i{}", "item_id").alias("item_id")
+        ).write_csv(folder / f"events-{day:02d}.csv")
 
 
 # -- driver ---------------------------------------------------------------------------------------------------------
@@ -175,7 +206,9 @@ def main() -> None:
     if args.child:
         kind, store, *rest = args.child
         dataset, source, format = (rest + ["", "", ""])[:3]
-        result = child_pandas(store) if kind == "pandas" else child_polars(store, dataset, source or None, format or None)
+        result = (
+            child_pandas(store) if kind == "pandas" else child_polars(store, dataset, source or None, format or None)
+        )
         print(json.dumps(result))
         return
 
@@ -194,7 +227,10 @@ def main() -> None:
     print(f"{'run':<10} {'rows':>12} {'steps':>12} {'seconds':>9} {'peak RSS MB':>12}")
     for name, r in results.items():
         print(f"{name:<10} {r['rows_accepted']:>12,} {r['steps']:>12,} {r['seconds']:>9.2f} {r['peak_rss_mb']:>12.0f}")
-    print(f"pandas / polars wall-time ratio on MovieLens-1M: {results['pandas']['seconds'] / results['polars']['seconds']:.2f}x")
+    print(
+        "pandas / polars wall-time ratio on MovieLens-1M: "
+        f"{results['pandas']['seconds'] / results['polars']['seconds']:.2f}x"
+    )
     print(json.dumps(results))
 
 

@@ -23,23 +23,33 @@ def ingest_logs(
 
     ``overrides`` are ``key.path=value`` assignments on the pipeline configuration (conf/pipeline.yaml).
     """
-    assignments = [f"dataset={dataset}", *([f"store={store}"] if store else []), *(overrides or [])]
-    config = load_pipeline_config(overrides=assignments)
+    config = load_pipeline_config(list(overrides or []), dataset=dataset, store=store)
     summary = run_ingest(config, resolve_dataset(dataset, source, format), TASK_STEPS)
-    create_markdown_artifact(markdown=summary_markdown(summary), key=f"ingest-{_slug(dataset)}",
-                             description="Rows read, accepted and quarantined; trajectory set built")
+    create_markdown_artifact(
+        markdown=summary_markdown(summary),
+        key=f"ingest-{_slug(dataset)}",
+        description="Rows read, accepted and quarantined; trajectory set built",
+    )
     return summary
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     rows = [
-        ("rows read", summary["rows_read"]), ("rows accepted", summary["rows_accepted"]),
-        ("rows quarantined", summary["rows_quarantined"]), ("files ingested", summary["files_ingested"]),
-        ("files skipped (already ingested)", summary["files_skipped"]), ("users", summary["users"]),
-        ("items", summary["items"]), ("episodes", summary["episodes"]), ("steps", summary["steps"]),
-        ("trajectory version", summary["trajectory_version"]), ("seconds", summary["seconds"]),
+        ("rows read", summary["rows_read"]),
+        ("rows accepted", summary["rows_accepted"]),
+        ("rows quarantined", summary["rows_quarantined"]),
+        ("files ingested", summary["files_ingested"]),
+        ("files skipped (already ingested)", summary["files_skipped"]),
+        ("users", summary["users"]),
+        ("items", summary["items"]),
+        ("episodes", summary["episodes"]),
+        ("steps", summary["steps"]),
+        ("trajectory version", summary["trajectory_version"]),
+        ("seconds", summary["seconds"]),
     ]
-    table = "\n".join(f"| {name} | {value:,} |" if isinstance(value, int) else f"| {name} | {value} |" for name, value in rows)
+    table = "\n".join(
+        f"| {name} | {value:,} |" if isinstance(value, int) else f"| {name} | {value} |" for name, value in rows
+    )
     return f"# Ingest of `{summary['dataset']}`\n\n| | |\n|---|---|\n{table}\n"
 
 

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -16,13 +16,21 @@ from rich.console import Console
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0] if __doc__ else None)
 console = Console(stderr=True)
 
-DatasetOption = typer.Option("ml-1m", "--dataset", "-d", help="Dataset name (conf/datasets/<name>.yaml, or any name with --source and --format).")
-StoreOption = typer.Option(None, "--store", help="Store root: a local folder or a pyarrow URI (default: conf/pipeline.yaml).")
-SetOption = typer.Option(None, "--set", help="Override a pipeline configuration key: --set trajectories.state_length=20")
+DatasetOption = typer.Option(
+    "ml-1m", "--dataset", "-d", help="Dataset name (conf/datasets/<name>.yaml, or any name with --source and --format)."
+)
+StoreOption = typer.Option(
+    None, "--store", help="Store root: a local folder or a pyarrow URI (default: conf/pipeline.yaml)."
+)
+SetOption = typer.Option(
+    None, "--set", help="Override a pipeline configuration key: --set trajectories.state_length=20"
+)
 JsonOption = typer.Option(False, "--json", help="Print the figures as one JSON object on the last line.")
 
 
-def _run(command: Callable[[], dict[str, Any]], as_json: bool, render: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def _run(
+    command: Callable[[], dict[str, Any]], as_json: bool, render: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     """Run ``command``; bad input becomes one ``error:`` line and exit status 2."""
     from mdt4rec_core.errors import InputError
 
@@ -55,18 +63,26 @@ def _render_ingest(summary: dict[str, Any]) -> None:
         return
     state = "built" if summary["trajectories_built"] else "unchanged, reused"
     console.print(
-        f"trajectories {summary['trajectory_version']} ({state}): {summary['users']:,} users, {summary['items']:,} items, "
-        f"{summary['episodes']:,} episodes, {summary['steps']:,} steps; store {summary['store']}; {summary['seconds']} s"
+        f"trajectories {summary['trajectory_version']} ({state}): {summary['users']:,} users, "
+        f"{summary['items']:,} items, {summary['episodes']:,} episodes, {summary['steps']:,} steps; "
+        f"store {summary['store']}; {summary['seconds']} s"
     )
 
 
 @app.command()
 def ingest(
     dataset: str = DatasetOption,
-    source: Optional[str] = typer.Option(None, "--source", help="A raw file or folder (instead of the dataset's configured location)."),
-    format: Optional[str] = typer.Option(None, "--format", help="Raw format: csv, tsv, ndjson, parquet, recbole, movielens-dat, movielens-udata, coat, yahoo-r3, kuairec, kuairand-pure."),
-    store: Optional[str] = StoreOption,
-    overrides: Optional[list[str]] = SetOption,
+    source: str | None = typer.Option(
+        None, "--source", help="A raw file or folder (instead of the dataset's configured location)."
+    ),
+    format: str | None = typer.Option(
+        None,
+        "--format",
+        help="Raw format: csv, tsv, ndjson, parquet, recbole, movielens-dat, movielens-udata, coat, yahoo-r3, "
+        "kuairec, kuairand-pure.",
+    ),
+    store: str | None = StoreOption,
+    overrides: list[str] | None = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Ingest new raw logs into the store and build the trajectory set (the ingest-logs chain, without Prefect)."""
@@ -75,7 +91,7 @@ def ingest(
         from mdt4rec_core.config import load_pipeline_config, resolve_dataset
         from tasks.ingest import run_ingest
 
-        config = load_pipeline_config(overrides=_assignments(dataset, store, overrides))
+        config = load_pipeline_config(list(overrides or []), dataset=dataset, store=store)
         return run_ingest(config, resolve_dataset(dataset, source, _format(format)))
 
     _run(command, as_json, _render_ingest)
@@ -84,8 +100,8 @@ def ingest(
 @app.command()
 def validate(
     dataset: str = DatasetOption,
-    store: Optional[str] = StoreOption,
-    overrides: Optional[list[str]] = SetOption,
+    store: str | None = StoreOption,
+    overrides: list[str] | None = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Validate everything stored for a dataset (interactions and the current trajectory set) with the GX suites."""
@@ -94,15 +110,22 @@ def validate(
         from mdt4rec_core.config import load_pipeline_config
         from tasks.validation import validate_stored
 
-        config = load_pipeline_config(overrides=_assignments(dataset, store, overrides))
+        config = load_pipeline_config(list(overrides or []), dataset=dataset, store=store)
         return validate_stored(config)
 
     def render(result: dict[str, Any]) -> None:
         for suite in result["suites"]:
             colour = "green" if suite["success"] else "red"
-            console.print(f"[{colour}]{suite['suite']}[/]: {'passed' if suite['success'] else 'FAILED'} on {suite['rows']:,} rows; Data Docs {suite['data_docs']}")
+            console.print(
+                f"[{colour}]{suite['suite']}[/]: {'passed' if suite['success'] else 'FAILED'} "
+                f"on {suite['rows']:,} rows; Data Docs {suite['data_docs']}"
+            )
             for failure in suite["failed"]:
-                console.print(f"  {failure['expectation']}({failure['columns']}): {failure['unexpected_count']:,} unexpected, e.g. {failure['examples'][:3]}", markup=False)
+                console.print(
+                    f"  {failure['expectation']}({failure['columns']}): "
+                    f"{failure['unexpected_count']:,} unexpected, e.g. {failure['examples'][:3]}",
+                    markup=False,
+                )
 
     if not _run(command, as_json, render)["success"]:
         raise typer.Exit(1)  # a failed suite is a finding about the stored data, not bad input to the command
@@ -111,8 +134,8 @@ def validate(
 @app.command()
 def pipeline(
     dataset: str = DatasetOption,
-    store: Optional[str] = StoreOption,
-    overrides: Optional[list[str]] = SetOption,
+    store: str | None = StoreOption,
+    overrides: list[str] | None = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Run the pipeline flow in-process (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
@@ -123,10 +146,6 @@ def pipeline(
         return ingest_logs(dataset=dataset, store=store, overrides=list(overrides or []))
 
     _run(command, as_json, _render_ingest)
-
-
-def _assignments(dataset: str, store: str | None, overrides: list[str] | None) -> list[str]:
-    return [f"dataset={dataset}", *([f"store={store}"] if store else []), *(overrides or [])]
 
 
 def _format(value: str | None):

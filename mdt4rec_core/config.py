@@ -16,8 +16,17 @@ from mdt4rec_core.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 ReaderFormat = Literal[
-    "recbole", "movielens-dat", "movielens-udata", "csv", "tsv", "ndjson", "parquet",
-    "coat", "yahoo-r3", "kuairec", "kuairand-pure",
+    "recbole",
+    "movielens-dat",
+    "movielens-udata",
+    "csv",
+    "tsv",
+    "ndjson",
+    "parquet",
+    "coat",
+    "yahoo-r3",
+    "kuairec",
+    "kuairand-pure",
 ]
 TimestampUnit = Literal["s", "ms", "auto"]
 
@@ -156,8 +165,12 @@ def load_config(model: type[Model], path: Path, overrides: list[str] = ()) -> Mo
     return build_model(model, data, str(path))
 
 
-def load_pipeline_config(path: Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
-    return load_config(PipelineConfig, path or CONF_DIR / "pipeline.yaml", overrides)
+def load_pipeline_config(
+    overrides: list[str] = (), dataset: str | None = None, store: str | None = None, path: Path | None = None
+) -> PipelineConfig:
+    """conf/pipeline.yaml (or ``path``) with ``dataset`` and ``store`` set when given, then ``overrides`` applied."""
+    assignments = [*([f"dataset={dataset}"] if dataset else []), *([f"store={store}"] if store else []), *overrides]
+    return load_config(PipelineConfig, path or CONF_DIR / "pipeline.yaml", assignments)
 
 
 def load_dataset_config(name: str, conf_dir: Path = CONF_DIR) -> DatasetConfig:

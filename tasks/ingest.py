@@ -18,16 +18,33 @@ from prefect.cache_policies import NO_CACHE
 
 from mdt4rec_core.config import DatasetConfig, IngestConfig, PipelineConfig, TrajectoryConfig
 from mdt4rec_core.data.ingest import (
-    IngestBatch, IngestPlan, IngestReport, check_readable, commit, ingest_side_tables, plan_ingest, read_batch,
+    IngestBatch,
+    IngestPlan,
+    IngestReport,
+    check_readable,
+    commit,
+    ingest_side_tables,
+    plan_ingest,
+    read_batch,
 )
+from mdt4rec_core.data.schema import USER_ID
 from mdt4rec_core.data.sources import SourceFile
 from mdt4rec_core.data.store import Store
-from mdt4rec_core.data.schema import USER_ID
 from mdt4rec_core.data.trajectories import (
-    TrajectoryStats, build_bucket, finish_build, plan_trajectories, save_bucket, stored_stats, summarise,
+    TrajectoryStats,
+    build_bucket,
+    finish_build,
+    plan_trajectories,
+    save_bucket,
+    stored_stats,
+    summarise,
 )
 from tasks.validation import (
-    ValidationFailed, ValidationReport, reports_dir, validate_interactions, validate_trajectories,
+    ValidationFailed,
+    ValidationReport,
+    reports_dir,
+    validate_interactions,
+    validate_trajectories,
 )
 
 
@@ -94,12 +111,12 @@ class IngestSteps:
     build_trajectories: Callable[..., TrajectoryBuild]
 
 
-PLAIN_STEPS = IngestSteps(
-    plan_logs, read_logs, check_interactions, store_logs, store_side_tables, build_trajectories
-)
+PLAIN_STEPS = IngestSteps(plan_logs, read_logs, check_interactions, store_logs, store_side_tables, build_trajectories)
 TASK_STEPS = IngestSteps(
-    *(task(step, name=step.__name__.replace("_", "-"), cache_policy=NO_CACHE)
-      for step in (getattr(PLAIN_STEPS, f.name) for f in fields(IngestSteps)))
+    *(
+        task(step, name=step.__name__.replace("_", "-"), cache_policy=NO_CACHE)
+        for step in (getattr(PLAIN_STEPS, f.name) for f in fields(IngestSteps))
+    )
 )
 
 

@@ -17,13 +17,15 @@ from functools import cache
 from pathlib import Path
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO lines narrate in-memory bookkeeping
 
 import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
 import polars as pl  # noqa: E402
 import polars.selectors as cs  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+
+# GX pins this module's logger to INFO, and it narrates creating a temporary Data Docs folder that it never uses.
+logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
 from mdt4rec_core.config import PipelineConfig, TrajectoryConfig  # noqa: E402
 from mdt4rec_core.data.checks import interaction_view, trajectory_view  # noqa: E402
@@ -62,7 +64,8 @@ class ValidationReport:
 
     def summary(self) -> str:
         failed = [o for o in self.outcomes if not o.success]
-        head = f"suite {self.suite!r}: {len(self.outcomes) - len(failed)}/{len(self.outcomes)} expectations met on {self.rows:,} rows"
+        met = len(self.outcomes) - len(failed)
+        head = f"suite {self.suite!r}: {met}/{len(self.outcomes)} expectations met on {self.rows:,} rows"
         lines = [head] + [
             f"  FAILED {o.expectation}({o.columns}): {o.unexpected_count:,} unexpected"
             f" ({100 * o.unexpected_count / max(self.rows, 1):.3g}%), e.g. {o.examples[:5]}"
@@ -74,7 +77,10 @@ class ValidationReport:
 
     def as_dict(self) -> dict:
         return {
-            "suite": self.suite, "success": self.success, "rows": self.rows, "data_docs": self.data_docs,
+            "suite": self.suite,
+            "success": self.success,
+            "rows": self.rows,
+            "data_docs": self.data_docs,
             "failed": [o.__dict__ for o in self.outcomes if not o.success],
         }
 
@@ -97,11 +103,15 @@ def interaction_expectations(now: dt.datetime) -> list:
 def trajectory_expectations(config: TrajectoryConfig, items: int) -> list:
     """Ranges, catalogue membership, return-to-go consistency, time order and episode structure of steps."""
     return [
-        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_id", "episode", "step", "action", "reward", "return_to_go")],
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(column=c)
+            for c in ("user_id", "episode", "step", "action", "reward", "return_to_go")
+        ],
         gxe.ExpectColumnValuesToBeBetween(column="reward", min_value=0, max_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="return_to_go", min_value=0, max_value=config.max_episode_steps),
-        gxe.ExpectColumnValuesToBeBetween(column="return_to_go_residual", min_value=-RESIDUAL_TOLERANCE,
-                                          max_value=RESIDUAL_TOLERANCE),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="return_to_go_residual", min_value=-RESIDUAL_TOLERANCE, max_value=RESIDUAL_TOLERANCE
+        ),
         gxe.ExpectColumnValuesToBeBetween(column="action", min_value=0, max_value=items - 1),
         gxe.ExpectColumnValuesToBeBetween(column="state_item_min", min_value=-1, max_value=items - 1),
         gxe.ExpectColumnValuesToBeBetween(column="state_item_max", min_value=-1, max_value=items - 1),
@@ -114,12 +124,16 @@ def trajectory_expectations(config: TrajectoryConfig, items: int) -> list:
     ]
 
 
-def validate_interactions(accepted: pl.DataFrame, reports_dir: Path, now: dt.datetime | None = None) -> ValidationReport:
+def validate_interactions(
+    accepted: pl.DataFrame, reports_dir: Path, now: dt.datetime | None = None
+) -> ValidationReport:
     now = now or dt.datetime.now(dt.UTC)
     return run_suite("interactions", interaction_view(accepted), interaction_expectations(now), reports_dir)
 
 
-def validate_trajectories(steps: pl.DataFrame, config: TrajectoryConfig, items: int, reports_dir: Path) -> ValidationReport:
+def validate_trajectories(
+    steps: pl.DataFrame, config: TrajectoryConfig, items: int, reports_dir: Path
+) -> ValidationReport:
     return run_suite("trajectories", trajectory_view(steps), trajectory_expectations(config, items), reports_dir)
 
 
@@ -136,9 +150,16 @@ def run_suite(name: str, view: pl.DataFrame, expectations: list, reports_dir: Pa
         for outcome in _outcomes(result):
             key = (outcome.expectation, outcome.columns)
             previous = merged.get(key)
-            merged[key] = outcome if previous is None else ExpectationOutcome(
-                outcome.expectation, outcome.columns, previous.success and outcome.success,
-                previous.unexpected_count + outcome.unexpected_count, (previous.examples + outcome.examples)[:20],
+            merged[key] = (
+                outcome
+                if previous is None
+                else ExpectationOutcome(
+                    outcome.expectation,
+                    outcome.columns,
+                    previous.success and outcome.success,
+                    previous.unexpected_count + outcome.unexpected_count,
+                    (previous.examples + outcome.examples)[:20],
+                )
             )
     report.outcomes = sorted(merged.values(), key=lambda o: (o.success, o.expectation, o.columns))
     report.data_docs = _build_docs(context, reports_dir)
@@ -197,8 +218,9 @@ def _outcomes(result) -> list[ExpectationOutcome]:
         examples = raised or [_plain(v) for v in (item.result.get("partial_unexpected_list") or [])]
         if not item.success and not unexpected and "observed_value" in item.result:
             examples = examples or [f"observed {item.result['observed_value']}"]
-        outcomes.append(ExpectationOutcome(item.expectation_config.type, columns, bool(item.success), int(unexpected),
-                                           examples))
+        outcomes.append(
+            ExpectationOutcome(item.expectation_config.type, columns, bool(item.success), int(unexpected), examples)
+        )
     return outcomes
 
 
@@ -210,12 +232,15 @@ def _plain(value):
 
 def _build_docs(context, directory: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
-    context.update_data_docs_site("local_site", {
-        "class_name": "SiteBuilder",
-        "show_how_to_buttons": False,
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(directory)},
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-    })
+    context.update_data_docs_site(
+        "local_site",
+        {
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(directory)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
     context.build_data_docs(site_names=["local_site"])
     return str(directory / "index.html")
 
@@ -239,7 +264,9 @@ def validate_stored(config: PipelineConfig) -> dict:
     if stats is not None:
         folder = trajectory_dir(config.dataset, stats.version)
         for part in store.files(f"{folder}/steps", ".parquet"):
-            reports.append(validate_trajectories(pl.read_parquet(store.url(part)), config.trajectories, stats.items, docs))
+            reports.append(
+                validate_trajectories(pl.read_parquet(store.url(part)), config.trajectories, stats.items, docs)
+            )
     return {
         "dataset": config.dataset,
         "success": all(r.success for r in reports),

@@ -1,6 +1,5 @@
 """Bad input: good rows are stored, bad rows quarantined with file, row, field and reason, and counts add up."""
 
-import json
 import subprocess
 import sys
 
@@ -71,19 +70,22 @@ def test_missing_required_column_alone_fails_the_run(ingest, tmp_path):
         ingest(bad)
 
 
-@pytest.mark.parametrize("line, field, reason", [
-    ("u3,i3,yesterday,4", "timestamp", "unparsable timestamp 'yesterday'"),
-    ("u3,i3,2024-13-45T00:00:00,4", "timestamp", "unparsable timestamp"),
-    ("u3,i3,1700000000,high", "feedback", "not a number: 'high'"),
-    ("u3,i3,1700000000,-1", "feedback", "negative: -1.0"),
-    ("u3,i3,1700000000,NaN", "feedback", "NaN"),
-    ("u3,i3,1700000000,inf", "feedback", "infinite: 'inf'"),
-    ("u3,i3,1700000000,", "feedback", "missing value"),
-    (",i3,1700000000,1", "user_id", "missing value"),
-    ("u3,,1700000000,1", "item_id", "missing value"),
-    ("u3,i3,1700000000,1,extra", "row", "expected 4 fields, found 5"),
-    ("u3,i3,1700000000", "row", "expected 4 fields, found 3"),
-])
+@pytest.mark.parametrize(
+    "line, field, reason",
+    [
+        ("u3,i3,yesterday,4", "timestamp", "unparsable timestamp 'yesterday'"),
+        ("u3,i3,2024-13-45T00:00:00,4", "timestamp", "unparsable timestamp"),
+        ("u3,i3,1700000000,high", "feedback", "not a number: 'high'"),
+        ("u3,i3,1700000000,-1", "feedback", "negative: -1.0"),
+        ("u3,i3,1700000000,NaN", "feedback", "NaN"),
+        ("u3,i3,1700000000,inf", "feedback", "infinite: 'inf'"),
+        ("u3,i3,1700000000,", "feedback", "missing value"),
+        (",i3,1700000000,1", "user_id", "missing value"),
+        ("u3,,1700000000,1", "item_id", "missing value"),
+        ("u3,i3,1700000000,1,extra", "row", "expected 4 fields, found 5"),
+        ("u3,i3,1700000000", "row", "expected 4 fields, found 3"),
+    ],
+)
 def test_bad_row_is_quarantined_with_row_and_field(ingest, tmp_path, line, field, reason):
     path = _write(tmp_path / "log.csv", HEADER + GOOD + line + "\n")
     summary, store = ingest(path)
@@ -163,9 +165,24 @@ def test_reingesting_is_a_no_op(ingest, tmp_path):
 def test_cli_error_is_one_line_naming_the_cause(tmp_path):
     _write(tmp_path / "empty.csv", "")
     result = subprocess.run(
-        [sys.executable, "-m", "mdt4rec_cli", "ingest", "--source", str(tmp_path / "empty.csv"), "--format", "csv",
-         "--dataset", "x", "--store", str(tmp_path / "store"), "--json"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "mdt4rec_cli",
+            "ingest",
+            "--source",
+            str(tmp_path / "empty.csv"),
+            "--format",
+            "csv",
+            "--dataset",
+            "x",
+            "--store",
+            str(tmp_path / "store"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -12,8 +12,9 @@ def test_default_profile_loads_from_conf():
 
 
 def test_overrides_are_typed_from_yaml():
-    config = load_pipeline_config(overrides=["trajectories.state_length=20", "trajectories.session_gap_seconds=3600",
-                                             "store=/tmp/x"])
+    config = load_pipeline_config(
+        overrides=["trajectories.state_length=20", "trajectories.session_gap_seconds=3600", "store=/tmp/x"]
+    )
     assert config.trajectories.state_length == 20
     assert config.trajectories.session_gap_seconds == 3600.0
     assert config.store == "/tmp/x"

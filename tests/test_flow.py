@@ -25,15 +25,20 @@ async def _task_runs(flow_run_id):
 
 
 def test_flow_runs_every_step_as_a_task(prefect_api, tmp_path):
-    state = ingest_logs(dataset="coat", store=str(tmp_path / "store"), source=str(FIXTURES / "coat"),
-                        return_state=True)
+    state = ingest_logs(dataset="coat", store=str(tmp_path / "store"), source=str(FIXTURES / "coat"), return_state=True)
     assert state.is_completed()
     summary = state.result()
     assert summary["rows_read"] == summary["rows_accepted"] > 0 and summary["trajectories_built"]
     runs, artifacts = asyncio.run(_task_runs(state.state_details.flow_run_id))
     names = sorted(run.name.rsplit("-", 1)[0] for run in runs)
-    assert names == ["build-trajectories", "check-interactions", "plan-logs", "read-logs", "store-logs",
-                     "store-side-tables"]
+    assert names == [
+        "build-trajectories",
+        "check-interactions",
+        "plan-logs",
+        "read-logs",
+        "store-logs",
+        "store-side-tables",
+    ]
     assert all(run.state.is_completed() for run in runs)
     assert any(a.key == "ingest-coat" and "rows read" in a.data for a in artifacts)
 
@@ -41,8 +46,7 @@ def test_flow_runs_every_step_as_a_task(prefect_api, tmp_path):
 def test_flow_fails_on_a_failing_validation(prefect_api, tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("user_id,item_id,timestamp,feedback\nu1,i1,1700000000,1\nu1,i2,2999-01-01T00:00:00Z,2\n")
-    state = ingest_logs(dataset="log", store=str(tmp_path / "store"), source=str(log), format="csv",
-                        return_state=True)
+    state = ingest_logs(dataset="log", store=str(tmp_path / "store"), source=str(log), format="csv", return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="expect_column_max_to_be_between"):
         state.result()
@@ -50,8 +54,13 @@ def test_flow_fails_on_a_failing_validation(prefect_api, tmp_path):
 
 
 def test_flow_rejects_an_unknown_override_before_any_work(prefect_api, tmp_path):
-    state = ingest_logs(dataset="coat", store=str(tmp_path / "store"), source=str(FIXTURES / "coat"),
-                        overrides=["trajectories.nope=1"], return_state=True)
+    state = ingest_logs(
+        dataset="coat",
+        store=str(tmp_path / "store"),
+        source=str(FIXTURES / "coat"),
+        overrides=["trajectories.nope=1"],
+        return_state=True,
+    )
     assert state.is_failed()
     with pytest.raises(Exception, match="unknown configuration key 'trajectories.nope'"):
         state.result()

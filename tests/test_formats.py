@@ -46,7 +46,7 @@ def test_kuairec_big_and_small_matrix_with_categories(ingest):
     assert summary["rows_accepted"] == expected
     events = stored(store, "kuairec").sort("source_row")
     header, first = [line.split(",") for line in _lines(FIXTURES / "kuairec" / "big_matrix.csv")[:2]]
-    record = dict(zip(header, first))
+    record = dict(zip(header, first, strict=True))
     row = events.filter(pl.col("source_file").str.ends_with("big_matrix.csv")).row(0, named=True)
     assert row["item_id"] == record["video_id"]
     assert row["feedback"] == pytest.approx(float(record["watch_ratio"]))
@@ -62,7 +62,7 @@ def test_kuairand_pure_millisecond_time_and_tags(ingest):
     log = FIXTURES / "kuairand-pure" / "log_standard_4_08_to_4_21_pure.csv"
     assert summary["rows_accepted"] == len(_lines(log)) - 1
     header, first = [line.split(",") for line in _lines(log)[:2]]
-    record = dict(zip(header, first))
+    record = dict(zip(header, first, strict=True))
     row = stored(store, "kuairand-pure").sort("source_row").row(0, named=True)
     assert row["timestamp"] == dt.datetime.fromtimestamp(int(record["time_ms"]) / 1000, dt.UTC)
     assert row["feedback"] == float(record["is_click"])
@@ -92,22 +92,32 @@ def test_grouplens_u_data(ingest):
 
 def test_ndjson_and_parquet_event_logs(ingest, tmp_path):
     log = tmp_path / "log.ndjson"
-    log.write_text('{"user_id": "u1", "item_id": "i1", "timestamp": "2024-05-01T10:00:00Z", "feedback": 1, "device": "ios"}\n'
-                   '{"user_id": "u1", "item_id": "i2", "timestamp": 1714557700, "feedback": 0.5}\n'
-                   '{"user_id": "u2", "item_id": "i1", "timestamp": "2024-05-01 11:00:00", "feedback": 2}\n')
+    log.write_text(
+        '{"user_id": "u1", "item_id": "i1", "timestamp": "2024-05-01T10:00:00Z", "feedback": 1, "device": "ios"}\n'
+        '{"user_id": "u1", "item_id": "i2", "timestamp": 1714557700, "feedback": 0.5}\n'
+        '{"user_id": "u2", "item_id": "i1", "timestamp": "2024-05-01 11:00:00", "feedback": 2}\n'
+    )
     summary, store = ingest(log, format="ndjson", dataset="events")
     assert summary["rows_accepted"] == 3
     events = stored(store, "events").sort("source_row")
     assert events["timestamp"][0] == dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC)
     assert events["device"].to_list() == ["ios", None, None]
 
-    frame = pl.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "feedback": [1.0, 3.0],
-                          "timestamp": [dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2)]})
+    frame = pl.DataFrame(
+        {
+            "user_id": ["a", "b"],
+            "item_id": ["x", "y"],
+            "feedback": [1.0, 3.0],
+            "timestamp": [dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2)],
+        }
+    )
     frame.write_parquet(tmp_path / "log.parquet")
     summary, store = ingest(tmp_path / "log.parquet", format="parquet", dataset="pq")
     assert summary["rows_accepted"] == 2
     assert stored(store, "pq").sort("user_id")["timestamp"].to_list() == [
-        dt.datetime(2024, 1, 1, tzinfo=dt.UTC), dt.datetime(2024, 1, 2, tzinfo=dt.UTC)]
+        dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2024, 1, 2, tzinfo=dt.UTC),
+    ]
 
 
 def test_column_mapping_for_a_generic_csv(ingest, tmp_path, monkeypatch):
@@ -116,8 +126,13 @@ def test_column_mapping_for_a_generic_csv(ingest, tmp_path, monkeypatch):
 
     log = tmp_path / "clicks.csv"
     log.write_text("uid,sku,ts_ms,clicked\nu1,s1,1700000000000,1\nu1,s2,1700000005000,0\n")
-    dataset = DatasetConfig(name="clicks", format="csv", path=str(log), timestamp_unit="ms",
-                            columns={"user_id": "uid", "item_id": "sku", "timestamp": "ts_ms", "feedback": "clicked"})
+    dataset = DatasetConfig(
+        name="clicks",
+        format="csv",
+        path=str(log),
+        timestamp_unit="ms",
+        columns={"user_id": "uid", "item_id": "sku", "timestamp": "ts_ms", "feedback": "clicked"},
+    )
     summary = run_ingest(PipelineConfig(dataset="clicks", store=str(tmp_path / "s")), dataset)
     assert summary["rows_accepted"] == 2 and summary["rows_quarantined"] == 0
 

@@ -12,10 +12,25 @@ from mdt4rec_core.data.ingest import plan_ingest, read_batch
 from mdt4rec_core.data.store import Store
 from mdt4rec_core.data.trajectories import build_trajectories, episode_rule
 
-GOOD = st.builds(lambda u, i, t, f: f"u{u},i{i},{1_600_000_000 + t},{f}",
-                 st.integers(0, 5), st.integers(0, 5), st.integers(0, 50), st.integers(0, 5))
-BAD = st.sampled_from(["u1,i1,never,1", "u1,i1,1600000000,-3", "u1,,1600000000,1", "u1,i1,1600000000,nan",
-                       "u1,i1", "u1,i1,1600000000,1,1", "\ufffd,i1,1600000000,1", ",,,"])
+GOOD = st.builds(
+    lambda u, i, t, f: f"u{u},i{i},{1_600_000_000 + t},{f}",
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.integers(0, 50),
+    st.integers(0, 5),
+)
+BAD = st.sampled_from(
+    [
+        "u1,i1,never,1",
+        "u1,i1,1600000000,-3",
+        "u1,,1600000000,1",
+        "u1,i1,1600000000,nan",
+        "u1,i1",
+        "u1,i1,1600000000,1,1",
+        "\ufffd,i1,1600000000,1",
+        ",,,",
+    ]
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -40,8 +55,13 @@ def test_every_row_is_accepted_or_quarantined(tmp_path_factory, lines, truncate)
 def _is_good(line: str) -> bool:
     """Whether a generated line came from GOOD (four well-formed fields)."""
     parts = line.split(",")
-    return len(parts) == 4 and parts[0].startswith("u") and parts[1].startswith("i") and parts[2].isdigit() \
+    return (
+        len(parts) == 4
+        and parts[0].startswith("u")
+        and parts[1].startswith("i")
+        and parts[2].isdigit()
         and parts[3].isdigit()
+    )
 
 
 @settings(max_examples=30, deadline=None)
@@ -54,12 +74,14 @@ def _is_good(line: str) -> bool:
 def test_returns_to_go_sum_the_rest_of_each_episode(feedback, users, max_steps, state_length):
     n = len(feedback)
     t0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    events = pl.DataFrame({
-        "user_id": [f"u{k % users}" for k in range(n)],
-        "item_id": [f"i{k % 5}" for k in range(n)],
-        "timestamp": [t0 + dt.timedelta(seconds=k) for k in range(n)],
-        "feedback": feedback,
-    })
+    events = pl.DataFrame(
+        {
+            "user_id": [f"u{k % users}" for k in range(n)],
+            "item_id": [f"i{k % 5}" for k in range(n)],
+            "timestamp": [t0 + dt.timedelta(seconds=k) for k in range(n)],
+            "feedback": feedback,
+        }
+    )
     config = TrajectoryConfig(state_length=state_length, max_episode_steps=max_steps)
     steps = build_trajectories(events, config, episode_rule(config)).steps
     for (_, _), episode in steps.group_by(["user_id", "episode"]):

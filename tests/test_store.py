@@ -17,12 +17,14 @@ from tests.conftest import stored
 
 def _synthetic_log(path, rows, seed):
     rng = np.random.default_rng(seed)
-    pl.DataFrame({
-        "user_id": [f"u{k}" for k in rng.integers(0, 5000, rows)],
-        "item_id": [f"i{k}" for k in rng.integers(0, 3000, rows)],
-        "timestamp": rng.integers(1_600_000_000, 1_700_000_000, rows),
-        "feedback": rng.integers(1, 6, rows).astype(float),
-    }).write_csv(path)
+    pl.DataFrame(
+        {
+            "user_id": [f"u{k}" for k in rng.integers(0, 5000, rows)],
+            "item_id": [f"i{k}" for k in rng.integers(0, 3000, rows)],
+            "timestamp": rng.integers(1_600_000_000, 1_700_000_000, rows),
+            "feedback": rng.integers(1, 6, rows).astype(float),
+        }
+    ).write_csv(path)
 
 
 def _tree(root):
@@ -51,8 +53,20 @@ def test_kill_9_during_a_write_then_rerun(tmp_path):
     for day in range(3):
         _synthetic_log(logs / f"day{day}.csv", 400_000, seed=day)
     store_root = tmp_path / "store"
-    command = [sys.executable, "-m", "mdt4rec_cli", "ingest", "--source", str(logs), "--format", "csv",
-               "--dataset", "big", "--store", str(store_root)]
+    command = [
+        sys.executable,
+        "-m",
+        "mdt4rec_cli",
+        "ingest",
+        "--source",
+        str(logs),
+        "--format",
+        "csv",
+        "--dataset",
+        "big",
+        "--store",
+        str(store_root),
+    ]
     writer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     interactions = store_root / "interactions"
     deadline = time.monotonic() + 120

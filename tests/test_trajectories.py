@@ -8,7 +8,7 @@ import pytest
 
 from mdt4rec_core.config import TrajectoryConfig
 from mdt4rec_core.data.episodes import SessionRule
-from mdt4rec_core.data.trajectories import build_trajectories, trailing_windows, episode_rule
+from mdt4rec_core.data.trajectories import build_trajectories, episode_rule, trailing_windows
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
@@ -16,19 +16,33 @@ T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 def _events(rows):
     return pl.DataFrame(
         [(u, i, T0 + dt.timedelta(seconds=s), f) for u, i, s, f in rows],
-        schema={"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Datetime("us", "UTC"), "feedback": pl.Float64},
+        schema={
+            "user_id": pl.String,
+            "item_id": pl.String,
+            "timestamp": pl.Datetime("us", "UTC"),
+            "feedback": pl.Float64,
+        },
         orient="row",
     )
 
 
 def test_steps_states_rewards_and_returns_by_hand():
     # user a: 5 events (given out of order), feedback 1..5; user b: 2 events. Max 3 steps per episode, state of 2.
-    events = _events([("a", "x3", 30, 3), ("a", "x1", 10, 1), ("a", "x2", 20, 2), ("a", "x4", 40, 4), ("a", "x5", 50, 5),
-                      ("b", "x1", 5, 5), ("b", "x2", 6, 1)])
+    events = _events(
+        [
+            ("a", "x3", 30, 3),
+            ("a", "x1", 10, 1),
+            ("a", "x2", 20, 2),
+            ("a", "x4", 40, 4),
+            ("a", "x5", 50, 5),
+            ("b", "x1", 5, 5),
+            ("b", "x2", 6, 1),
+        ]
+    )
     config = TrajectoryConfig(state_length=2, max_episode_steps=3)
     result = build_trajectories(events, config, episode_rule(config))
     steps = result.steps
-    index = dict(zip(result.catalogue["item_id"], result.catalogue["index"]))
+    index = dict(zip(result.catalogue["item_id"], result.catalogue["index"], strict=True))
     assert result.catalogue["item_id"].to_list() == ["x1", "x2", "x3", "x4", "x5"]
     a = steps.filter(pl.col("user_id") == "a")
     assert a["episode"].to_list() == [0, 0, 0, 1, 1]

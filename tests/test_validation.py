@@ -13,12 +13,14 @@ T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 
 def _events(n=40):
-    return pl.DataFrame({
-        "user_id": [f"u{k % 4}" for k in range(n)],
-        "item_id": [f"i{k % 7}" for k in range(n)],
-        "timestamp": [T0 + dt.timedelta(minutes=k) for k in range(n)],
-        "feedback": [float(k % 5) for k in range(n)],
-    })
+    return pl.DataFrame(
+        {
+            "user_id": [f"u{k % 4}" for k in range(n)],
+            "item_id": [f"i{k % 7}" for k in range(n)],
+            "timestamp": [T0 + dt.timedelta(minutes=k) for k in range(n)],
+            "feedback": [float(k % 5) for k in range(n)],
+        }
+    )
 
 
 def _failed(report):
@@ -33,13 +35,15 @@ def test_clean_interactions_pass_and_write_data_docs(tmp_path):
 
 def test_interaction_suite_catches_duplicates_negatives_nulls_and_future_events(tmp_path):
     events = _events()
-    bad = pl.concat([
-        events,
-        events.head(1),  # duplicate (user, item, timestamp)
-        events.slice(1, 1).with_columns(pl.lit(-2.0).alias("feedback")),
-        events.slice(2, 1).with_columns(pl.lit(None, pl.String).alias("item_id")),
-        events.slice(3, 1).with_columns(pl.lit(T0.replace(year=2999)).alias("timestamp")),
-    ])
+    bad = pl.concat(
+        [
+            events,
+            events.head(1),  # duplicate (user, item, timestamp)
+            events.slice(1, 1).with_columns(pl.lit(-2.0).alias("feedback")),
+            events.slice(2, 1).with_columns(pl.lit(None, pl.String).alias("item_id")),
+            events.slice(3, 1).with_columns(pl.lit(T0.replace(year=2999)).alias("timestamp")),
+        ]
+    )
     report = validate_interactions(bad, tmp_path / "docs", now=T0)
     assert _failed(report) == {
         ("expect_compound_columns_to_be_unique", "user_id,item_id,timestamp"),
@@ -63,14 +67,22 @@ def test_built_trajectories_pass(tmp_path):
     assert report.success, report.summary()
 
 
-@pytest.mark.parametrize("corrupt, expected", [
-    (pl.when(pl.col("step") == 1).then(pl.col("return_to_go") + 0.5).otherwise(pl.col("return_to_go")).alias("return_to_go"),
-     "return_to_go_residual"),
-    (pl.when(pl.col("step") == 0).then(7).otherwise(pl.col("action")).alias("action"), "action"),
-    (pl.lit(False).alias("done"), "terminal_steps_in_episode"),
-    (pl.col("reward") * 2, "reward"),
-    (pl.col("timestamp").reverse(), "seconds_since_previous_step"),
-])
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (
+            pl.when(pl.col("step") == 1)
+            .then(pl.col("return_to_go") + 0.5)
+            .otherwise(pl.col("return_to_go"))
+            .alias("return_to_go"),
+            "return_to_go_residual",
+        ),
+        (pl.when(pl.col("step") == 0).then(7).otherwise(pl.col("action")).alias("action"), "action"),
+        (pl.lit(False).alias("done"), "terminal_steps_in_episode"),
+        (pl.col("reward") * 2, "reward"),
+        (pl.col("timestamp").reverse(), "seconds_since_previous_step"),
+    ],
+)
 def test_trajectory_suite_catches_corruption(tmp_path, corrupt, expected):
     built, config = _trajectories()
     steps = built.steps.with_columns(corrupt)

@@ -28,15 +28,28 @@ def trajectory_view(steps: pl.DataFrame) -> pl.DataFrame:
     continues = pl.col("step") > 0
     next_in_episode = ~pl.col("done")
     return steps.select(
-        USER_ID, "episode", "step", "action", "reward", "return_to_go", "done",
+        USER_ID,
+        "episode",
+        "step",
+        "action",
+        "reward",
+        "return_to_go",
+        "done",
         pl.col("state_items").list.len().alias("state_length"),
         pl.col("state_items").list.min().fill_null(-1).alias("state_item_min"),
         pl.col("state_items").list.max().fill_null(-1).alias("state_item_max"),
-        (pl.col("return_to_go") - pl.col("reward")
-         - pl.when(next_in_episode).then(pl.col("return_to_go").shift(-1)).otherwise(0.0)).alias("return_to_go_residual"),
-        pl.when(continues).then((pl.col(TIMESTAMP) - pl.col(TIMESTAMP).shift(1)).dt.total_seconds(fractional=True))
-        .otherwise(0.0).alias("seconds_since_previous_step"),
-        pl.when(continues).then(pl.col("step") - pl.col("step").shift(1)).otherwise(pl.col("step") + 1)
+        (
+            pl.col("return_to_go")
+            - pl.col("reward")
+            - pl.when(next_in_episode).then(pl.col("return_to_go").shift(-1)).otherwise(0.0)
+        ).alias("return_to_go_residual"),
+        pl.when(continues)
+        .then((pl.col(TIMESTAMP) - pl.col(TIMESTAMP).shift(1)).dt.total_seconds(fractional=True))
+        .otherwise(0.0)
+        .alias("seconds_since_previous_step"),
+        pl.when(continues)
+        .then(pl.col("step") - pl.col("step").shift(1))
+        .otherwise(pl.col("step") + 1)
         .alias("step_increment"),
         pl.col("done").cast(pl.Int32).sum().over(USER_ID, "episode").alias("terminal_steps_in_episode"),
     )

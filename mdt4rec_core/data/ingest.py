@@ -8,7 +8,7 @@ by the batch, not the log. Row accounting holds for every file: rows_read = rows
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -16,7 +16,15 @@ from mdt4rec_core.config import DatasetConfig
 from mdt4rec_core.data.readers import FORMATS, parse_rows
 from mdt4rec_core.data.readers.raw import ROW, RawRows
 from mdt4rec_core.data.schema import (
-    EVENT_KEY, FEEDBACK, INTERACTION_SCHEMA, ITEM_ID, QUARANTINE_SCHEMA, SOURCE_FILE, SOURCE_ROW, TIMESTAMP, USER_ID,
+    EVENT_KEY,
+    FEEDBACK,
+    INTERACTION_SCHEMA,
+    ITEM_ID,
+    QUARANTINE_SCHEMA,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    TIMESTAMP,
+    USER_ID,
 )
 from mdt4rec_core.data.side_tables import read_side_table
 from mdt4rec_core.data.sources import SourceFile, file_sha256, side_table_path, source_files
@@ -126,7 +134,9 @@ def read_batch(dataset: DatasetConfig, files: list[tuple[int, SourceFile]], stor
         results.append(FileResult(source, rows.rows_read, rows.file_error or _file_error(parsed.quarantined, rows)))
         accepted.append(parsed.accepted)
         quarantined.append(parsed.quarantined)
-    batch_accepted = pl.concat(accepted, how="diagonal_relaxed") if accepted else pl.DataFrame(schema=INTERACTION_SCHEMA)
+    batch_accepted = (
+        pl.concat(accepted, how="diagonal_relaxed") if accepted else pl.DataFrame(schema=INTERACTION_SCHEMA)
+    )
     batch_quarantined = pl.concat(quarantined) if quarantined else pl.DataFrame(schema=QUARANTINE_SCHEMA)
     kept, duplicates = split_duplicates(batch_accepted, store, dataset.name)
     return IngestBatch(dataset.name, results, kept, pl.concat([batch_quarantined, duplicates]))
@@ -149,11 +159,20 @@ def commit(batch: IngestBatch, store: Store, now: dt.datetime | None = None) -> 
             store.write_parquet(accepted, store.interaction_part(dataset, ingest_date, sha))
         if quarantined.height:
             store.write_parquet(quarantined, store.quarantine_part(dataset, ingest_date, sha))
-        store.record(dataset, ManifestEntry(
-            sha256=sha, source=path, kind="interactions", ingest_date=ingest_date, ingested_at=now.isoformat(),
-            rows_read=result.rows_read, rows_accepted=accepted.height, rows_quarantined=quarantined.height,
-            file_error=result.file_error,
-        ))
+        store.record(
+            dataset,
+            ManifestEntry(
+                sha256=sha,
+                source=path,
+                kind="interactions",
+                ingest_date=ingest_date,
+                ingested_at=now.isoformat(),
+                rows_read=result.rows_read,
+                rows_accepted=accepted.height,
+                rows_quarantined=quarantined.height,
+                file_error=result.file_error,
+            ),
+        )
     reasons = batch.quarantined.group_by("field").len().sort("field") if batch.quarantined.height else None
     return IngestReport(
         dataset=dataset,
@@ -184,12 +203,22 @@ def ingest_side_tables(dataset: DatasetConfig, store: Store, now: dt.datetime | 
         rows = read_side_table(path, spec, ITEM_ID if kind == "items" else USER_ID)
         store.write_parquet(rows.table, f"{kind}/dataset={dataset.name}/{kind}.parquet")
         if rows.quarantined.height:
-            store.write_parquet(rows.quarantined, store.quarantine_part(dataset.name, now.date().isoformat(), source.sha256))
-        store.record(dataset.name, ManifestEntry(
-            sha256=source.sha256, source=str(path), kind=kind, ingest_date=now.date().isoformat(),
-            ingested_at=now.isoformat(), rows_read=rows.table.height + rows.quarantined.height,
-            rows_accepted=rows.table.height, rows_quarantined=rows.quarantined.height,
-        ))
+            store.write_parquet(
+                rows.quarantined, store.quarantine_part(dataset.name, now.date().isoformat(), source.sha256)
+            )
+        store.record(
+            dataset.name,
+            ManifestEntry(
+                sha256=source.sha256,
+                source=str(path),
+                kind=kind,
+                ingest_date=now.date().isoformat(),
+                ingested_at=now.isoformat(),
+                rows_read=rows.table.height + rows.quarantined.height,
+                rows_accepted=rows.table.height,
+                rows_quarantined=rows.quarantined.height,
+            ),
+        )
         written[kind] = rows.table.height
     return written
 
@@ -227,24 +256,40 @@ def split_duplicates(accepted: pl.DataFrame, store: Store, dataset: str) -> tupl
     keys = indexed.select("_position", "_hash", *EVENT_KEY, FEEDBACK, SOURCE_FILE, SOURCE_ROW).sort(
         ["_hash", *EVENT_KEY, "_position"]
     )
-    same_as_previous = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in ("_hash", *EVENT_KEY)]).fill_null(False)
+    same_as_previous = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in ("_hash", *EVENT_KEY)]).fill_null(
+        False
+    )
     keys = keys.with_columns(
         same_as_previous.alias("_repeat"),
         pl.when(~same_as_previous).then(pl.col(SOURCE_ROW)).forward_fill().alias("_first_row"),
         pl.when(~same_as_previous).then(pl.col(SOURCE_FILE)).forward_fill().alias("_first_file"),
     )
     repeated = keys.filter("_repeat")
-    reasons = [_duplicate_rows(repeated, pl.format("duplicate event (user_id, item_id, timestamp) of row {} in {}",
-                                                   pl.col("_first_row"), pl.col("_first_file")))]
+    reasons = [
+        _duplicate_rows(
+            repeated,
+            pl.format(
+                "duplicate event (user_id, item_id, timestamp) of row {} in {}",
+                pl.col("_first_row"),
+                pl.col("_first_file"),
+            ),
+        )
+    ]
     keep = indexed.join(repeated.select("_position"), on="_position", how="anti")
     stored_hashes = store.stored_key_hashes(dataset, _key_hash())
     if stored_hashes is not None:
         candidates = keep.filter(pl.col("_hash").is_in(stored_hashes.implode()))
         if candidates.height:
-            stored_keys = store.scan_interactions(dataset).filter(
-                _key_hash().is_in(candidates["_hash"].implode())).select(EVENT_KEY).collect()
+            stored_keys = (
+                store.scan_interactions(dataset)
+                .filter(_key_hash().is_in(candidates["_hash"].implode()))
+                .select(EVENT_KEY)
+                .collect()
+            )
             already = candidates.join(stored_keys, on=list(EVENT_KEY), how="semi")
-            reasons.append(_duplicate_rows(already, pl.lit("duplicate event (user_id, item_id, timestamp) already stored")))
+            reasons.append(
+                _duplicate_rows(already, pl.lit("duplicate event (user_id, item_id, timestamp) already stored"))
+            )
             keep = keep.join(already.select("_position"), on="_position", how="anti")
     return keep.sort("_position").drop("_position", "_hash"), pl.concat(reasons)
 

@@ -39,9 +39,12 @@ def read_side_table(path: Path, spec: SideTable, key: str) -> SideTableRows:
     for row, line in numbered:
         fields = _split(line, spec.separator)
         reason = (
-            f"missing column {', '.join(missing)}" if missing
-            else f"expected {len(names)} fields, found {len(fields)}" if len(fields) != len(names)
-            else "row is not valid text in " + spec.encoding if "\ufffd" in line
+            f"missing column {', '.join(missing)}"
+            if missing
+            else f"expected {len(names)} fields, found {len(fields)}"
+            if len(fields) != len(names)
+            else "row is not valid text in " + spec.encoding
+            if "\ufffd" in line
             else None
         )
         if reason:
@@ -52,12 +55,20 @@ def read_side_table(path: Path, spec: SideTable, key: str) -> SideTableRows:
     table = table.with_row_index("_row").with_columns(
         pl.col(spec.id_column).str.strip_chars().alias(key),
         pl.concat_str([pl.col(c).fill_null("") for c in spec.text_columns], separator=" | ").alias(TEXT)
-        if spec.text_columns else pl.lit("").alias(TEXT),
+        if spec.text_columns
+        else pl.lit("").alias(TEXT),
     )
     duplicated = table.filter(pl.col(key).is_duplicated() & ~pl.col(key).is_first_distinct())
     for record in duplicated.iter_rows(named=True):
-        rejected.append({"file": str(path), "row": None, "field": spec.id_column,
-                         "reason": f"duplicate id {record[key]!r}", "raw": " ".join(str(record[n]) for n in names)})
+        rejected.append(
+            {
+                "file": str(path),
+                "row": None,
+                "field": spec.id_column,
+                "reason": f"duplicate id {record[key]!r}",
+                "raw": " ".join(str(record[n]) for n in names),
+            }
+        )
     table = table.filter(pl.col(key).is_first_distinct()).drop("_row")
     columns = [key, TEXT] + [n for n in names if n not in (key, TEXT)]
     return SideTableRows(table.select(columns), pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA))

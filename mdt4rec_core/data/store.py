@@ -28,7 +28,6 @@ import polars as pl
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-
 TMP_SUFFIX = ".tmp"
 
 
@@ -54,7 +53,9 @@ class Store:
         uri = str(uri)
         self.is_local = "://" not in uri
         self.uri = str(Path(uri).expanduser().resolve()) if self.is_local else uri.rstrip("/")
-        self.fs, self.root = pafs.FileSystem.from_uri(self.uri) if not self.is_local else (pafs.LocalFileSystem(), self.uri)
+        self.fs, self.root = (
+            pafs.FileSystem.from_uri(self.uri) if not self.is_local else (pafs.LocalFileSystem(), self.uri)
+        )
 
     # -- paths -----------------------------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -101,7 +102,8 @@ class Store:
         selector = pafs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)
         prefix = len(self.root) + 1
         return sorted(
-            info.path[prefix:] for info in self.fs.get_file_info(selector)
+            info.path[prefix:]
+            for info in self.fs.get_file_info(selector)
             if info.type == pafs.FileType.File and info.path.endswith(suffix)
         )
 
@@ -157,8 +159,9 @@ class Store:
         parts = self.interaction_parts(dataset)
         if not parts:
             return None
-        return pl.scan_parquet([self.url(p) for p in parts], hive_partitioning=False, missing_columns="insert",
-                               extra_columns="ignore")
+        return pl.scan_parquet(
+            [self.url(p) for p in parts], hive_partitioning=False, missing_columns="insert", extra_columns="ignore"
+        )
 
     def stored_key_hashes(self, dataset: str, key_hash: pl.Expr) -> pl.Series | None:
         """``key_hash`` evaluated on every stored event of ``dataset`` (None when nothing is stored)."""

@@ -95,7 +95,9 @@ def episode_rule(config: TrajectoryConfig) -> EpisodeRule:
 
 def item_catalogue(items: pl.Series) -> pl.DataFrame:
     """``item_id`` -> ``index`` (Int32), ids sorted so that the same items always get the same indices."""
-    return items.unique().sort().to_frame(ITEM_ID).with_row_index("index").select(ITEM_ID, pl.col("index").cast(pl.Int32))
+    return (
+        items.unique().sort().to_frame(ITEM_ID).with_row_index("index").select(ITEM_ID, pl.col("index").cast(pl.Int32))
+    )
 
 
 def build_trajectories(interactions: pl.DataFrame, config: TrajectoryConfig, rule: EpisodeRule) -> TrajectorySet:
@@ -109,8 +111,12 @@ def build_trajectories(interactions: pl.DataFrame, config: TrajectoryConfig, rul
 
 
 def make_steps(
-    interactions: pl.DataFrame, config: TrajectoryConfig, rule: EpisodeRule, catalogue: pl.DataFrame,
-    feedback_min: float, feedback_max: float,
+    interactions: pl.DataFrame,
+    config: TrajectoryConfig,
+    rule: EpisodeRule,
+    catalogue: pl.DataFrame,
+    feedback_min: float,
+    feedback_max: float,
 ) -> pl.DataFrame:
     """Turn events (user_id, item_id, timestamp, feedback) into steps following TRAJECTORY_SCHEMA.
 
@@ -141,10 +147,14 @@ def make_steps(
         pl.col("_start").shift(-1).fill_null(True).alias("done"),
     )
     state_lengths = np.minimum(events["step"].to_numpy(), config.state_length)
-    return events.with_columns(
-        trailing_windows(events["action"], state_lengths).alias("state_items"),
-        trailing_windows(events["reward"], state_lengths).alias("state_feedback"),
-    ).select(list(TRAJECTORY_SCHEMA)).cast(TRAJECTORY_SCHEMA)
+    return (
+        events.with_columns(
+            trailing_windows(events["action"], state_lengths).alias("state_items"),
+            trailing_windows(events["reward"], state_lengths).alias("state_feedback"),
+        )
+        .select(list(TRAJECTORY_SCHEMA))
+        .cast(TRAJECTORY_SCHEMA)
+    )
 
 
 def summarise(parts: list[pl.DataFrame], version: str, items: int, low: float, high: float) -> TrajectoryStats:
@@ -164,7 +174,12 @@ def summarise(parts: list[pl.DataFrame], version: str, items: int, low: float, h
 def trajectory_version(store: Store, dataset: str, config: TrajectoryConfig, rule: EpisodeRule) -> str:
     """Hash of the dataset snapshot (the ingested interaction files) and the build configuration."""
     snapshot = sorted(sha for sha, e in store.manifest(dataset).items() if e.kind == "interactions")
-    payload = {"snapshot": snapshot, "config": config.model_dump(), "rule": rule.fingerprint(), "builder": BUILDER_VERSION}
+    payload = {
+        "snapshot": snapshot,
+        "config": config.model_dump(),
+        "rule": rule.fingerprint(),
+        "builder": BUILDER_VERSION,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -180,13 +195,20 @@ def plan_trajectories(
     if scan is None:
         return None
     rule = episode_rule(config)
-    rows, low, high = scan.select(
-        pl.len().alias("rows"), pl.col(FEEDBACK).min().alias("low"), pl.col(FEEDBACK).max().alias("high")
-    ).collect().row(0)
+    rows, low, high = (
+        scan.select(pl.len().alias("rows"), pl.col(FEEDBACK).min().alias("low"), pl.col(FEEDBACK).max().alias("high"))
+        .collect()
+        .row(0)
+    )
     catalogue = item_catalogue(scan.select(pl.col(ITEM_ID).unique()).collect()[ITEM_ID])
     return TrajectoryPlan(
-        dataset=dataset, version=trajectory_version(store, dataset, config, rule), config=config, rule=rule,
-        catalogue=catalogue, feedback_min=float(low), feedback_max=float(high),
+        dataset=dataset,
+        version=trajectory_version(store, dataset, config, rule),
+        config=config,
+        rule=rule,
+        catalogue=catalogue,
+        feedback_min=float(low),
+        feedback_max=float(high),
         buckets=max(1, -(-rows // max_rows_per_bucket)),
     )
 

@@ -9,12 +9,25 @@ import polars as pl
 from mdt4rec_core.config import TimestampUnit
 from mdt4rec_core.data.readers.raw import ERROR, RAW, ROW, RawRows
 from mdt4rec_core.data.schema import (
-    CANONICAL_COLUMNS, FEEDBACK, INTERACTION_SCHEMA, ITEM_ID, QUARANTINE_SCHEMA, SOURCE_FILE, SOURCE_ROW,
-    TIMESTAMP, TIMESTAMP_DTYPE, USER_ID,
+    CANONICAL_COLUMNS,
+    FEEDBACK,
+    INTERACTION_SCHEMA,
+    ITEM_ID,
+    QUARANTINE_SCHEMA,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    TIMESTAMP,
+    TIMESTAMP_DTYPE,
+    USER_ID,
 )
 
-_ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f",
-                "%Y-%m-%d")
+_ISO_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%.f%z",
+    "%Y-%m-%d %H:%M:%S%.f%z",
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%d",
+)
 _FIELD, _REASON = "_field", "_reason"
 _RAW_PREFIX = "_source_"
 _EPOCH_PATTERN = r"^\s*[+-]?\d+(\.\d*)?\s*$"
@@ -22,7 +35,11 @@ _EPOCH_PATTERN = r"^\s*[+-]?\d+(\.\d*)?\s*$"
 
 @dataclass(frozen=True)
 class ParsedRows:
-    """``accepted`` follows INTERACTION_SCHEMA (plus extra source columns as strings); ``quarantined`` QUARANTINE_SCHEMA."""
+    """Typed rows of one file.
+
+    ``accepted`` follows INTERACTION_SCHEMA (plus extra source columns as strings); ``quarantined``
+    QUARANTINE_SCHEMA.
+    """
 
     accepted: pl.DataFrame
     quarantined: pl.DataFrame
@@ -35,8 +52,11 @@ def parse_rows(rows: RawRows, columns: dict[str, str], timestamp_unit: Timestamp
     file_error = rows.file_error or _missing_columns_error(frame, source)
     if file_error:
         quarantined = frame.select(
-            pl.lit(rows.file).alias("file"), pl.col(ROW).alias("row"), pl.lit("file").alias("field"),
-            pl.lit(file_error).alias("reason"), pl.col(RAW).alias("raw"),
+            pl.lit(rows.file).alias("file"),
+            pl.col(ROW).alias("row"),
+            pl.lit("file").alias("field"),
+            pl.lit(file_error).alias("reason"),
+            pl.col(RAW).alias("raw"),
         )
         return ParsedRows(_empty_accepted(), quarantined.cast(QUARANTINE_SCHEMA))
 
@@ -54,20 +74,32 @@ def parse_rows(rows: RawRows, columns: dict[str, str], timestamp_unit: Timestamp
     checks = _checks(raw)
     typed = typed.with_columns(_first_match(checks, of_field=True).alias(_FIELD))
     accepted = typed.filter(pl.col(_FIELD).is_null()).select(
-        pl.col(USER_ID), pl.col(ITEM_ID), pl.col(TIMESTAMP), pl.col(FEEDBACK),
-        pl.lit(rows.file).alias(SOURCE_FILE), pl.col(ROW).alias(SOURCE_ROW), *[pl.col(c).cast(pl.String) for c in extras],
+        pl.col(USER_ID),
+        pl.col(ITEM_ID),
+        pl.col(TIMESTAMP),
+        pl.col(FEEDBACK),
+        pl.lit(rows.file).alias(SOURCE_FILE),
+        pl.col(ROW).alias(SOURCE_ROW),
+        *[pl.col(c).cast(pl.String) for c in extras],
     )
-    quarantined = typed.filter(pl.col(_FIELD).is_not_null()).with_columns(
-        _first_match(checks, of_field=False).alias(_REASON)
-    ).select(
-        pl.lit(rows.file).alias("file"), pl.col(ROW).alias("row"), pl.col(_FIELD).alias("field"),
-        pl.col(_REASON).alias("reason"), pl.col(RAW).alias("raw"),
+    quarantined = (
+        typed.filter(pl.col(_FIELD).is_not_null())
+        .with_columns(_first_match(checks, of_field=False).alias(_REASON))
+        .select(
+            pl.lit(rows.file).alias("file"),
+            pl.col(ROW).alias("row"),
+            pl.col(_FIELD).alias("field"),
+            pl.col(_REASON).alias("reason"),
+            pl.col(RAW).alias("raw"),
+        )
     )
     return ParsedRows(accepted, quarantined.cast(QUARANTINE_SCHEMA))
 
 
 def _missing_columns_error(frame: pl.DataFrame, source: dict[str, str]) -> str | None:
-    missing = [f"{src!r} ({name})" if src != name else repr(src) for name, src in source.items() if src not in frame.columns]
+    missing = [
+        f"{src!r} ({name})" if src != name else repr(src) for name, src in source.items() if src not in frame.columns
+    ]
     if not missing:
         return None
     present = [c for c in frame.columns if not c.startswith("_")]

@@ -56,11 +56,13 @@ FORMATS: dict[ReaderFormat, FormatSpec] = {
         ordinal_time=True,
     ),
     "kuairec": FormatSpec(
-        _text(",", "plain", quoting=True), ("big_matrix.csv", "small_matrix.csv"),
+        _text(",", "plain", quoting=True),
+        ("big_matrix.csv", "small_matrix.csv"),
         {"item_id": "video_id", "feedback": "watch_ratio"},
     ),
     "kuairand-pure": FormatSpec(
-        _text(",", "plain", quoting=True), ("log_standard_4_08_to_4_21_pure.csv",),
+        _text(",", "plain", quoting=True),
+        ("log_standard_4_08_to_4_21_pure.csv",),
         {"item_id": "video_id", "timestamp": "time_ms", "feedback": "is_click"},
         timestamp_unit="ms",
     ),

@@ -1,4 +1,4 @@
-"""Dense rating matrices (Coat's ``train.ascii`` / ``test.ascii``): one line per user, one column per item, 0 = missing."""
+"""Dense rating matrices (Coat's ``train.ascii`` / ``test.ascii``): a line per user, a column per item, 0 = missing."""
 
 from __future__ import annotations
 
@@ -29,12 +29,15 @@ def read_matrix_rows(path: Path) -> RawRows:
     width = frame[_CELLS].list.len()
     expected = int(width[0])
     frame = frame.with_columns(
-        pl.when(pl.col(ERROR).is_not_null()).then(pl.col(ERROR))
-        .when(width != expected).then(pl.format(f"expected {expected} columns, found {{}}", width))
+        pl.when(pl.col(ERROR).is_not_null())
+        .then(pl.col(ERROR))
+        .when(width != expected)
+        .then(pl.format(f"expected {expected} columns, found {{}}", width))
         .alias(ERROR)
     )
-    broken = frame.filter(pl.col(ERROR).is_not_null()).select(ROW, RAW, ERROR, "user", pl.lit(None, pl.String).alias("item"),
-                                                             pl.lit(None, pl.String).alias("rating"))
+    broken = frame.filter(pl.col(ERROR).is_not_null()).select(
+        ROW, RAW, ERROR, "user", pl.lit(None, pl.String).alias("item"), pl.lit(None, pl.String).alias("rating")
+    )
     cells = (
         frame.filter(pl.col(ERROR).is_null())
         .select(ROW, "user", pl.col(_CELLS))
@@ -45,12 +48,22 @@ def read_matrix_rows(path: Path) -> RawRows:
             ROW,
             pl.format("line {} column {}: {}", ROW, pl.col("item"), pl.col(_CELLS)).alias(RAW),
             pl.lit(None, pl.String).alias(ERROR),
-            "user", "item", pl.col(_CELLS).alias("rating"),
+            "user",
+            "item",
+            pl.col(_CELLS).alias("rating"),
         )
     )
     return RawRows(lines.file, pl.concat([cells, broken], how="vertical_relaxed").sort(ROW, maintain_order=True))
 
 
 def _empty() -> pl.DataFrame:
-    return pl.DataFrame(schema={ROW: pl.Int64, RAW: pl.String, ERROR: pl.String, "user": pl.String, "item": pl.String,
-                                "rating": pl.String})
+    return pl.DataFrame(
+        schema={
+            ROW: pl.Int64,
+            RAW: pl.String,
+            ERROR: pl.String,
+            "user": pl.String,
+            "item": pl.String,
+            "rating": pl.String,
+        }
+    )

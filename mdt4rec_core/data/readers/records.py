@@ -19,7 +19,7 @@ def read_ndjson_rows(path: Path) -> RawRows:
         return lines
     records: list[dict] = []
     errors: list[str | None] = []
-    for text, structural in zip(lines.frame[RAW].to_list(), lines.frame[ERROR].to_list()):
+    for text, structural in zip(lines.frame[RAW].to_list(), lines.frame[ERROR].to_list(), strict=True):
         record, error = _decode(text)
         records.append(record)
         errors.append(structural or error)

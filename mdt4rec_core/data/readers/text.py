@@ -82,8 +82,14 @@ def _read_lines(path: Path) -> pl.DataFrame:
     if path.stat().st_size == 0:
         return pl.DataFrame(schema={ROW: pl.Int64, _LINE: pl.String, "_truncated": pl.Boolean})
     lines = pl.read_csv(
-        path, has_header=False, separator="\x1f", quote_char=None, new_columns=[_LINE],
-        schema={_LINE: pl.String}, encoding="utf8-lossy", raise_if_empty=False,
+        path,
+        has_header=False,
+        separator="\x1f",
+        quote_char=None,
+        new_columns=[_LINE],
+        schema={_LINE: pl.String},
+        encoding="utf8-lossy",
+        raise_if_empty=False,
     )
     ends_with_newline = _last_byte(path) == b"\n"
     last = lines.height - 1
@@ -124,7 +130,7 @@ def _split_fields(body: pl.DataFrame, layout: TextLayout) -> pl.Series:
     if not quoted.any():
         return fields
     parsed: list[list[str] | None] = [None] * len(line)
-    for position, text in zip(quoted.arg_true().to_list(), line.filter(quoted).to_list()):
+    for position, text in zip(quoted.arg_true().to_list(), line.filter(quoted).to_list(), strict=True):
         parsed[position] = next(csv.reader([text], delimiter=layout.separator), [])
     reparsed = pl.Series(parsed, dtype=pl.List(pl.String))
     return pl.select(pl.when(quoted).then(reparsed).otherwise(fields)).to_series().alias(fields.name)
