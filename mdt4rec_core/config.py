@@ -58,6 +58,23 @@ class SideTable(StrictModel):
     encoding: str = "utf-8"
 
 
+class EnvironmentSpec(StrictModel):
+    """The simulator's quit rule for a dataset (DESIGN section 6).
+
+    ``distance``: leave when the new item lies closer than ``threshold`` to any of the last ``window`` recommended
+    items (``threshold`` null: the ``threshold_percentile`` of the dataset's own item distances). ``category_repeat``
+    / ``tag_repeat``: leave when a feature of the new item (integers listed in the item table's ``feature_column``)
+    occurred more than ``max_occurrences`` times among the last ``window`` items.
+    """
+
+    quit: Literal["distance", "category_repeat", "tag_repeat"] = "distance"
+    threshold: float | None = Field(None, gt=0)
+    threshold_percentile: float = Field(31.0, gt=0, lt=100)  # where 75 falls among MovieLens-1M distances
+    window: int = Field(7, ge=1, le=30)
+    max_occurrences: int = Field(0, ge=0)
+    feature_column: str | None = None
+
+
 class DatasetConfig(StrictModel):
     """Where a dataset's raw files are and how their columns map onto the canonical interaction schema.
 
@@ -75,6 +92,7 @@ class DatasetConfig(StrictModel):
     timestamp_unit: TimestampUnit = "auto"
     items: SideTable | None = None
     users: SideTable | None = None
+    environment: EnvironmentSpec = EnvironmentSpec()
 
 
 class TrajectoryConfig(StrictModel):

@@ -81,11 +81,15 @@ class Store:
         self.fs.move(temporary, final)
 
     def write_json(self, payload: dict, relative: str) -> None:
+        self.write_bytes(json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), relative)
+
+    def write_bytes(self, content: bytes, relative: str) -> None:
+        """Write ``content`` to ``relative`` atomically (temporary file in the same folder, then a rename)."""
         final = self.path(relative)
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         temporary = f"{final}.{uuid.uuid4().hex}{TMP_SUFFIX}"
         with self.fs.open_output_stream(temporary) as out:
-            out.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+            out.write(content)
         self.fs.move(temporary, final)
 
     def read_json(self, relative: str) -> dict | None:

@@ -1,0 +1,1 @@
+"""Simulators: data-driven environments built from logged feedback, quit rules, the evaluation loop and metrics."""
