@@ -148,6 +148,63 @@ def pipeline(
     _run(command, as_json, _render_ingest)
 
 
+@app.command("build-env")
+def build_env(
+    dataset: str = DatasetOption,
+    store: str | None = StoreOption,
+    protocol: str = typer.Option("paper", "--protocol", help="paper (as published) or strict (held-out users)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build the dataset's simulator (ground-truth rewards, quit rule), or reuse the one cached for its data."""
+
+    def command() -> dict[str, Any]:
+        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.envs.api import build_env
+
+        return build_env(load_pipeline_config(store=store).store, dataset, protocol)
+
+    def render(info: dict[str, Any]) -> None:
+        state = "built" if info["built"] else "cached, reused"
+        console.print(
+            f"[bold]{info['dataset']}[/] {info['protocol']} environment {info['version']} ({state}): "
+            f"{info['users']:,} users ({info['start_users']:,} start episodes), {info['items']:,} items, "
+            f"quit rule {info['quit_rule']}; {info['seconds']:.1f} s"
+        )
+
+    _run(command, as_json, render)
+
+
+@app.command()
+def evaluate(
+    env: str = typer.Option(
+        "ml-1m", "--env", help="A dataset environment (ml-1m, ml-100k, coat, yahoo-r3, kuairec, kuairand-pure)."
+    ),
+    policy: str = typer.Option("random", "--policy", help="random or popularity."),
+    mode: str = typer.Option("FB", "--mode", help="FB, NX_0 or NX_10."),
+    episodes: int = typer.Option(1000, "--episodes", help="Episodes per seed."),
+    seeds: int = typer.Option(1, "--seeds", help="Number of seeds (0, 1, ...)."),
+    protocol: str = typer.Option("paper", "--protocol", help="paper or strict."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run a policy in a simulator and report R_cumu, Length and R_avg with 95% intervals."""
+
+    def command() -> dict[str, Any]:
+        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.envs.api import evaluate_policy
+
+        return evaluate_policy(load_pipeline_config(store=store).store, env, policy, mode, episodes, seeds, protocol)
+
+    def render(r: dict[str, Any]) -> None:
+        console.print(
+            f"[bold]{r['policy']}[/] in {r['env']} ({r['protocol']}, {r['mode']}): R_cumu {r['R_cumu']:.2f} "
+            f"± {r['R_cumu_ci95']:.2f}, Length {r['Length']:.2f}, R_avg {r['R_avg']:.3f} over {r['episodes']:,} "
+            f"episodes ({len(r['seeds'])} seeds), {r['episodes_per_second']:,.0f} episodes/s"
+        )
+
+    _run(command, as_json, render)
+
+
 def _format(value: str | None):
     from typing import get_args
 

@@ -8,6 +8,8 @@ recommends one item; the reward is ``rewards[user, item]`` (raw scale); the user
 - ``FB``: repeats allowed, quit rule active, at most 30 steps;
 - ``NX_0``: items already recommended in the episode are masked, quit rule active, at most 30 steps;
 - ``NX_10``: masked, quit rule off, exactly 10 steps.
+
+In the masked modes an episode also ends once every item of the catalogue has been recommended.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class BatchedEnv:
         self.history_rewards[index, steps] = rewards
         if self.recommended is not None:
             self.recommended[index, actions] = True
+            done |= self.recommended[index].all(axis=1)  # nothing left to recommend
         self.steps[index] += 1
         self.returns[index] += rewards
         self.live[index[done]] = False

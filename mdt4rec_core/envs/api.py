@@ -1,0 +1,70 @@
+"""Entry points used by the command line and the tasks: build an environment, evaluate a named policy in it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from mdt4rec_core.config import load_dataset_config
+from mdt4rec_core.data.store import Store
+from mdt4rec_core.envs.build import PROTOCOLS, Environment, Protocol, build_or_load
+from mdt4rec_core.envs.evaluation import evaluate
+from mdt4rec_core.envs.policies import Policy, PopularityPolicy, RandomPolicy
+from mdt4rec_core.envs.simulator import MODES, Mode
+from mdt4rec_core.errors import InputError
+
+POLICIES = ("random", "popularity")
+
+
+def build_env(store_uri: str, dataset: str, protocol: Protocol) -> dict:
+    """Build (or reuse) the environment of ``dataset``; its description, JSON-ready."""
+    _check_protocol(protocol)
+    started = time.perf_counter()
+    environment, built = build_or_load(Store(store_uri), load_dataset_config(dataset), protocol)
+    return {**asdict(environment.info), "built": built, "seconds": time.perf_counter() - started}
+
+
+def make_policy(name: str, environment: Environment) -> Policy:
+    if name == "random":
+        return RandomPolicy(environment.info.items)
+    if name == "popularity":
+        return PopularityPolicy(environment.item_counts)
+    raise InputError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
+
+
+def evaluate_policy(
+    store_uri: str, dataset: str, policy: str, mode: Mode, episodes: int, seeds: int, protocol: Protocol
+) -> dict:
+    """``episodes`` episodes for each of the seeds 0..seeds-1 of ``policy`` in the dataset's environment."""
+    _check_protocol(protocol)
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    if policy not in POLICIES:
+        raise InputError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
+    if episodes < 1 or seeds < 1:
+        raise InputError("--episodes and --seeds must be at least 1")
+    environment, built = build_or_load(Store(store_uri), load_dataset_config(dataset), protocol)
+    summary = evaluate(
+        environment.rewards,
+        environment.quit_rule,
+        mode,
+        make_policy(policy, environment),
+        environment.start_users,
+        episodes,
+        list(range(seeds)),
+    )
+    info = environment.info
+    return {
+        "env": dataset,
+        "policy": policy,
+        "protocol": protocol,
+        "environment_version": info.version,
+        "environment_built": built,
+        "quit_rule": info.quit_rule,
+        **summary,
+    }
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol {protocol!r} (known: {', '.join(PROTOCOLS)})")
