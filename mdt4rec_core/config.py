@@ -103,6 +103,12 @@ class TrajectoryConfig(StrictModel):
     session_gap_seconds: float | None = Field(
         None, gt=0, description="a pause longer than this starts a new episode; null disables the gap rule"
     )
+    cut_by: Literal["session", "quit_rule"] = Field(
+        "session", description="session: gaps and the step cap; quit_rule: replay through the simulator's quit rule"
+    )
+    protocol: Literal["paper", "strict"] = Field(
+        "paper", description="strict leaves out the users held out for evaluation (and cuts by their simulator)"
+    )
 
 
 class IngestConfig(StrictModel):

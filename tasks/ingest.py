@@ -71,20 +71,20 @@ def store_side_tables(dataset: DatasetConfig, store_uri: str) -> dict[str, int]:
     return ingest_side_tables(dataset, Store(store_uri))
 
 
-def build_trajectories(store_uri: str, dataset: str, config: TrajectoryConfig) -> TrajectoryBuild:
+def build_trajectories(store_uri: str, dataset: DatasetConfig, config: TrajectoryConfig) -> TrajectoryBuild:
     """Build (or reuse) the trajectory set of what is stored, bucket by bucket: each bucket is validated before it is
     saved, and the set becomes current only when every bucket passed."""
     store = Store(store_uri)
     plan = plan_trajectories(store, dataset, config)
     if plan is None:
         return TrajectoryBuild(None, built=False, checks=[])
-    existing = stored_stats(store, dataset, plan.version)
+    existing = stored_stats(store, dataset.name, plan.version)
     if existing is not None:
         return TrajectoryBuild(existing, built=False, checks=[])
     parts, checks = [], []
     for bucket in range(plan.buckets):
         steps = build_bucket(store, plan, bucket)
-        report = validate_trajectories(steps, config, plan.catalogue.height, reports_dir(store, dataset))
+        report = validate_trajectories(steps, config, plan.catalogue.height, reports_dir(store, dataset.name))
         _raise_on_failure(report)
         save_bucket(store, plan, bucket, steps)
         parts.append(steps.select(USER_ID, "done"))
@@ -135,7 +135,7 @@ def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestStep
         side_tables = steps.store_side_tables(dataset, store.uri)
         ingest = IngestReport.combine(dataset.name, batch_reports, files_skipped=len(plan.skipped))
         check_readable(ingest)
-        trajectories = steps.build_trajectories(store.uri, dataset.name, config.trajectories)
+        trajectories = steps.build_trajectories(store.uri, dataset, config.trajectories)
     stats = trajectories.stats
     return {
         **asdict(ingest),

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import polars as pl
 import pytest
 
 from mdt4rec_core.config import load_dataset_config
@@ -92,3 +93,34 @@ def test_bad_evaluation_arguments_are_one_line_errors(tmp_path):
             timeout=120,
         )
         assert result.returncode == 2 and f"error: {message}" in result.stderr
+
+
+def test_training_episodes_end_where_the_simulated_user_leaves(ingest):
+    from mdt4rec_core.data.trajectories import load_trajectories
+    from mdt4rec_core.envs.simulator import BatchedEnv
+
+    _, store = ingest(FIXTURES / "kuairand-pure", format=None, dataset="kuairand-pure", cut_by="quit_rule")
+    environment, built = build_or_load(store, load_dataset_config("kuairand-pure"), "paper")
+    assert not built  # the trajectory build already made it
+    steps = load_trajectories(store, "kuairand-pure").steps
+    assert steps["episode"].max() > 0  # the tag rule cuts the fixture's users into several episodes
+    last_episode = dict(steps.group_by("user_id").agg(pl.col("episode").max()).iter_rows())
+    for (user, number), episode in steps.group_by(["user_id", "episode"]):
+        actions = episode.sort("step")["action"].to_numpy()
+        env = BatchedEnv(environment.rewards, environment.quit_rule, "FB")
+        env.reset(np.array([0]), np.array([0]))
+        done_at = [bool(env.step(actions[k : k + 1])[1][0]) for k in range(len(actions))]
+        assert done_at[:-1] == [False] * (len(actions) - 1)  # nobody leaves before the episode's last step
+        # ... and leaves at it, unless the cap ended it or the user's log ran out.
+        assert done_at[-1] or len(actions) == 30 or number == last_episode[user]
+
+
+def test_strict_trajectories_leave_out_the_evaluation_users(ingest):
+    from mdt4rec_core.data.trajectories import load_trajectories
+
+    summary, store = ingest(None, format=None, dataset="ml-100k", protocol="strict")
+    environment, _ = build_or_load(store, load_dataset_config("ml-100k"), "strict")
+    held_out = set(environment.user_ids[environment.start_users].tolist())
+    trained_on = set(load_trajectories(store, "ml-100k").steps["user_id"].unique().to_list())
+    assert held_out and trained_on and not held_out & trained_on
+    assert len(held_out) + len(trained_on) == 943 == summary["users"] + len(held_out)

@@ -98,6 +98,7 @@ def test_version_changes_with_data_and_config_only(ingest, tmp_path):
 
 
 def test_bucketed_build_equals_the_whole_build(ingest, tmp_path):
+    from mdt4rec_core.config import resolve_dataset
     from mdt4rec_core.data.trajectories import build_bucket, load_trajectories, plan_trajectories
 
     log = tmp_path / "log.csv"
@@ -107,7 +108,7 @@ def test_bucketed_build_equals_the_whole_build(ingest, tmp_path):
     whole = load_trajectories(store, "log")
     assert whole is not None and whole.stats.steps == summary["steps"] == 120
     config = TrajectoryConfig(max_episode_steps=4, state_length=3)
-    plan = plan_trajectories(store, "log", config, max_rows_per_bucket=25)
+    plan = plan_trajectories(store, resolve_dataset("log", str(log), "csv"), config, max_rows_per_bucket=25)
     assert plan.buckets == 5 and plan.version == summary["trajectory_version"]
     parts = pl.concat([build_bucket(store, plan, b) for b in range(plan.buckets)])
     order = ["user_id", "episode", "step"]

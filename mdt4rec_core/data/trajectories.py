@@ -16,10 +16,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from mdt4rec_core.config import TrajectoryConfig
+from mdt4rec_core.config import DatasetConfig, TrajectoryConfig
+from mdt4rec_core.data.catalogue import item_catalogue
 from mdt4rec_core.data.episodes import EpisodeRule, SessionRule, position_since, user_starts
 from mdt4rec_core.data.schema import FEEDBACK, ITEM_ID, TIMESTAMP, TRAJECTORY_SCHEMA, USER_ID
 from mdt4rec_core.data.store import Store
+from mdt4rec_core.envs.build import build_or_load, held_out
+from mdt4rec_core.envs.episodes import QuitRuleEpisodes
 from mdt4rec_core.errors import InputError
 
 BUILDER_VERSION = 1
@@ -90,14 +93,17 @@ def trailing_windows(values: pl.Series, lengths: np.ndarray, block_rows: int = 1
 
 
 def episode_rule(config: TrajectoryConfig) -> EpisodeRule:
+    """The session rule of ``config`` (the quit-rule cut needs a stored environment: see ``stored_episode_rule``)."""
     return SessionRule(max_steps=config.max_episode_steps, gap_seconds=config.session_gap_seconds)
 
 
-def item_catalogue(items: pl.Series) -> pl.DataFrame:
-    """``item_id`` -> ``index`` (Int32), ids sorted so that the same items always get the same indices."""
-    return (
-        items.unique().sort().to_frame(ITEM_ID).with_row_index("index").select(ITEM_ID, pl.col("index").cast(pl.Int32))
-    )
+def stored_episode_rule(store: Store, dataset: DatasetConfig, config: TrajectoryConfig) -> EpisodeRule:
+    """``config.cut_by``: ``session``, or ``quit_rule`` (the quit rule of the dataset's environment under
+    ``config.protocol``, built or reused from the store)."""
+    if config.cut_by == "session":
+        return episode_rule(config)
+    environment, _ = build_or_load(store, dataset, config.protocol)
+    return QuitRuleEpisodes(environment.quit_rule, config.max_episode_steps, environment.info.version)
 
 
 def build_trajectories(interactions: pl.DataFrame, config: TrajectoryConfig, rule: EpisodeRule) -> TrajectorySet:
@@ -188,13 +194,17 @@ def trajectory_dir(dataset: str, version: str) -> str:
 
 
 def plan_trajectories(
-    store: Store, dataset: str, config: TrajectoryConfig, max_rows_per_bucket: int = 4_000_000
+    store: Store, dataset: DatasetConfig, config: TrajectoryConfig, max_rows_per_bucket: int = 4_000_000
 ) -> TrajectoryPlan | None:
-    """The build plan for the store's current snapshot of ``dataset`` (None while nothing is stored)."""
-    scan = store.scan_interactions(dataset)
+    """The build plan for the store's current snapshot of ``dataset`` (None while nothing is stored).
+
+    The catalogue and feedback range cover every stored event; under the strict protocol the steps leave out the
+    users it holds out for evaluation.
+    """
+    scan = store.scan_interactions(dataset.name)
     if scan is None:
         return None
-    rule = episode_rule(config)
+    rule = stored_episode_rule(store, dataset, config)
     rows, low, high = (
         scan.select(pl.len().alias("rows"), pl.col(FEEDBACK).min().alias("low"), pl.col(FEEDBACK).max().alias("high"))
         .collect()
@@ -202,8 +212,8 @@ def plan_trajectories(
     )
     catalogue = item_catalogue(scan.select(pl.col(ITEM_ID).unique()).collect()[ITEM_ID])
     return TrajectoryPlan(
-        dataset=dataset,
-        version=trajectory_version(store, dataset, config, rule),
+        dataset=dataset.name,
+        version=trajectory_version(store, dataset.name, config, rule),
         config=config,
         rule=rule,
         catalogue=catalogue,
@@ -218,6 +228,8 @@ def build_bucket(store: Store, plan: TrajectoryPlan, bucket: int) -> pl.DataFram
     scan = store.scan_interactions(plan.dataset)
     assert scan is not None
     events = scan.select(USER_ID, ITEM_ID, TIMESTAMP, FEEDBACK)
+    if plan.config.protocol == "strict":
+        events = events.filter(~held_out(pl.col(USER_ID)))
     if plan.buckets > 1:
         events = events.filter(pl.col(USER_ID).hash(seed=0) % plan.buckets == bucket)
     return make_steps(events.collect(), plan.config, plan.rule, plan.catalogue, plan.feedback_min, plan.feedback_max)

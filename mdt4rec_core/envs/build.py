@@ -28,9 +28,9 @@ import polars as pl
 import torch
 
 from mdt4rec_core.config import DatasetConfig, EnvironmentSpec
+from mdt4rec_core.data.catalogue import item_catalogue
 from mdt4rec_core.data.schema import FEEDBACK, ITEM_ID, USER_ID
 from mdt4rec_core.data.store import Store
-from mdt4rec_core.data.trajectories import item_catalogue
 from mdt4rec_core.envs.ground_truth import FactorisationConfig, factorise
 from mdt4rec_core.envs.quit_rules import DistanceQuit, QuitRule, RepeatQuit
 from mdt4rec_core.errors import InputError
@@ -93,9 +93,9 @@ def environment_version(store: Store, dataset: DatasetConfig, protocol: Protocol
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def held_out_users(user_ids: pl.Series) -> np.ndarray:
-    """(U,) bool: the users the strict protocol holds out (a stable hash of the id, not the row order)."""
-    return ((user_ids.hash(seed=7) % 1000) < int(HELD_OUT_FRACTION * 1000)).to_numpy()
+def held_out(user_id: pl.Expr) -> pl.Expr:
+    """True for the users the strict protocol holds out: a stable hash of the id, not the row order."""
+    return (user_id.hash(seed=7) % 1000) < int(HELD_OUT_FRACTION * 1000)
 
 
 def build_environment(
@@ -111,7 +111,7 @@ def build_environment(
     events = scan.select(USER_ID, ITEM_ID, FEEDBACK).collect()
     catalogue = item_catalogue(events[ITEM_ID])
     user_ids = events[USER_ID].unique().sort()
-    held_out = held_out_users(user_ids)
+    is_held_out = user_ids.to_frame().select(held_out(pl.col(USER_ID))).to_series().to_numpy()
     ratings = (
         events.group_by(USER_ID, ITEM_ID)
         .agg(pl.col(FEEDBACK).mean())
@@ -121,8 +121,8 @@ def build_environment(
     )
     user_index, item_index = ratings["user"].to_numpy(), ratings["index"].to_numpy()
     if protocol == "strict":
-        fitted_on = held_out[user_index]
-        start_users, train_users = np.flatnonzero(held_out), np.flatnonzero(~held_out)
+        fitted_on = is_held_out[user_index]
+        start_users, train_users = np.flatnonzero(is_held_out), np.flatnonzero(~is_held_out)
     else:
         fitted_on = np.ones(len(ratings), dtype=bool)
         start_users = train_users = np.arange(len(user_ids))
