@@ -205,6 +205,31 @@ def evaluate(
     _run(command, as_json, render)
 
 
+@app.command("sardine-logs")
+def sardine_logs(
+    env: str = typer.Option("sardine/SingleItem-Static-v0", "--env", help="A SARDINE gymnasium id."),
+    users: int = typer.Option(500, "--users", help="Users (episodes) to log."),
+    epsilon: float = typer.Option(0.5, "--epsilon", help="Probability of a random item instead of the oracle's."),
+    seed: int = typer.Option(0, "--seed"),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Log an epsilon-greedy oracle in a SARDINE environment and ingest the log into the store."""
+
+    def command() -> dict[str, Any]:
+        from mdt4rec_core.config import load_pipeline_config, resolve_dataset
+        from mdt4rec_core.data.store import Store
+        from mdt4rec_core.envs import sardine
+        from tasks.ingest import run_ingest
+
+        config = load_pipeline_config(dataset=sardine.dataset_name(env), store=store)
+        landing = sardine.land_log(Store(config.store), env, users, epsilon, seed)
+        summary = run_ingest(config, resolve_dataset(config.dataset, landing, "parquet"))
+        return {"env": env, "epsilon": epsilon, "seed": seed, **summary}
+
+    _run(command, as_json, _render_ingest)
+
+
 def _format(value: str | None):
     from typing import get_args
 

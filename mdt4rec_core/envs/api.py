@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from mdt4rec_core.config import load_dataset_config
 from mdt4rec_core.data.store import Store
+from mdt4rec_core.envs import sardine
 from mdt4rec_core.envs.build import PROTOCOLS, Environment, Protocol, build_or_load
 from mdt4rec_core.envs.evaluation import evaluate
 from mdt4rec_core.envs.policies import Policy, PopularityPolicy, RandomPolicy
@@ -43,6 +44,8 @@ def evaluate_policy(
         raise InputError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
     if episodes < 1 or seeds < 1:
         raise InputError("--episodes and --seeds must be at least 1")
+    if dataset.startswith(sardine.PREFIX):
+        return _evaluate_in_sardine(store_uri, dataset.removeprefix(sardine.PREFIX), policy, mode, episodes, seeds)
     environment, built = build_or_load(Store(store_uri), load_dataset_config(dataset), protocol)
     summary = evaluate(
         environment.rewards,
@@ -63,6 +66,16 @@ def evaluate_policy(
         "quit_rule": info.quit_rule,
         **summary,
     }
+
+
+def _evaluate_in_sardine(store_uri: str, env_id: str, policy: str, mode: Mode, episodes: int, seeds: int) -> dict:
+    chosen: Policy = (
+        RandomPolicy(sardine.items_of(env_id))
+        if policy == "random"
+        else PopularityPolicy(sardine.item_counts(Store(store_uri), env_id))
+    )
+    summary = sardine.evaluate(env_id, chosen, mode, episodes, list(range(seeds)))
+    return {"env": sardine.PREFIX + env_id, "policy": policy, "protocol": "sardine", **summary}
 
 
 def _check_protocol(protocol: str) -> None:

@@ -88,11 +88,15 @@ def evaluate(
     """Run ``episodes`` episodes per seed and summarise them (JSON-ready)."""
     started = time.perf_counter()
     logs = [run_episodes(rewards, quit_rule, mode, policy, start_users, episodes, seed) for seed in seeds]
+    return summarise(logs, mode, time.perf_counter() - started)
+
+
+def summarise(logs: list[EpisodeLog], mode: str, seconds: float) -> dict:
+    """R_cumu, Length and R_avg with their intervals over the episodes of ``logs`` (one log per seed)."""
     returns = np.concatenate([log.returns for log in logs])
     lengths = np.concatenate([log.lengths for log in logs])
     r_cumu, r_cumu_ci = mean_ci95(returns)
     length, length_ci = mean_ci95(lengths)
-    seconds = time.perf_counter() - started
     return {
         "mode": mode,
         "R_cumu": r_cumu,
@@ -103,7 +107,7 @@ def evaluate(
         "R_avg": r_cumu / length if length else float("nan"),
         "R_avg_seed_ci95": seed_ci95([float(log.returns.mean() / log.lengths.mean()) for log in logs]),
         "episodes": int(len(returns)),
-        "seeds": list(seeds),
+        "seeds": [int(log.seeds[0]) for log in logs],
         "seconds": seconds,
         "episodes_per_second": len(returns) / seconds if seconds else float("inf"),
     }
