@@ -36,6 +36,7 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/eval.py
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache
