@@ -1,0 +1,105 @@
+"""The MDT4Rec network: per step the tokens (state s_t, return-to-go R_t, action a_t), in that order, through a causal
+LM backbone; action logits read from R_t, the max-return estimate and return-bin logits read from s_t.
+
+Shapes: B windows, T steps per window (<= context_steps), N items per state, I catalogue items, H backbone width,
+D item width (id embedding plus optional frozen text embedding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mdt4rec_core.model.backbone import Backbone
+from mdt4rec_core.model.config import ModelConfig
+from mdt4rec_core.model.embeddings import ResidualMLP, StateEncoder, token_embedding
+
+TOKENS_PER_STEP = 3
+
+
+@dataclass
+class TrajectoryBatch:
+    """One batch of windows. Padding steps have ``step_mask`` false; padding items use index ``items`` (I).
+
+    ``state_items`` (B, T, N) long, ``state_feedback`` (B, T, N) float, ``state_mask`` (B, T, N) bool,
+    ``returns_to_go`` (B, T) float, ``actions`` (B, T) long, ``timesteps`` (B, T) long, ``step_mask`` (B, T) bool.
+    """
+
+    state_items: torch.Tensor
+    state_feedback: torch.Tensor
+    state_mask: torch.Tensor
+    returns_to_go: torch.Tensor
+    actions: torch.Tensor
+    timesteps: torch.Tensor
+    step_mask: torch.Tensor
+
+
+@dataclass
+class ModelOutput:
+    """``action_logits`` (B, T, I) from R_t; ``max_return`` (B, T) and ``return_bin_logits`` (B, T, bins) from s_t."""
+
+    action_logits: torch.Tensor
+    max_return: torch.Tensor
+    return_bin_logits: torch.Tensor
+
+
+class MDT4Rec(nn.Module):
+    def __init__(self, config: ModelConfig, item_text: torch.Tensor | None = None):
+        """``item_text`` (I, text_dim): frozen text embeddings of the items (required when ``config.text_dim`` > 0)."""
+        super().__init__()
+        self.config = config
+        if (item_text is None) != (config.text_dim == 0):
+            raise ValueError("item_text must be given exactly when config.text_dim > 0")
+        if item_text is not None and tuple(item_text.shape) != (config.items, config.text_dim):
+            raise ValueError(f"item_text must have shape ({config.items}, {config.text_dim})")
+        self.backbone = Backbone(config.backbone, max_positions=TOKENS_PER_STEP * config.context_steps)
+        width, item_width = self.backbone.hidden_size, config.item_dim + config.text_dim
+        self.item_ids = nn.Embedding(config.items + 1, config.item_dim, padding_idx=config.items)
+        text = torch.zeros(config.items + 1, config.text_dim)  # the padding item's row stays zero
+        if item_text is not None:
+            text[: config.items] = item_text
+        self.register_buffer("item_text", text)
+        self.state_encoder = StateEncoder(config.state_encoder, item_width, config.state_length)
+        self.embed_state = token_embedding(config.embedding, item_width, width)
+        self.embed_return = token_embedding(config.embedding, 1, width)
+        self.embed_action = token_embedding(config.embedding, item_width, width)
+        self.embed_timestep = nn.Embedding(config.max_timestep + 1, width)
+        self.norm = nn.LayerNorm(width)
+        self.action_head = ResidualMLP(width, item_width)
+        self.max_return_head = nn.Linear(width, 1)
+        self.return_bin_head = nn.Linear(width, config.return_bins)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """(...,) item indices (I = padding) -> (..., D)."""
+        return torch.cat([self.item_ids(items), self.item_text[items]], dim=-1)
+
+    def forward(self, batch: TrajectoryBatch) -> ModelOutput:
+        b, t = batch.actions.shape
+        states = self.state_encoder(self.item_vectors(batch.state_items), batch.state_feedback, batch.state_mask)
+        time = self.embed_timestep(batch.timesteps.clamp(max=self.config.max_timestep))
+        tokens = torch.stack(
+            [
+                self.embed_state(states) + time,
+                self.embed_return(batch.returns_to_go.unsqueeze(-1)) + time,
+                self.embed_action(self.item_vectors(batch.actions)) + time,
+            ],
+            dim=2,
+        ).reshape(b, TOKENS_PER_STEP * t, -1)
+        token_mask = batch.step_mask.repeat_interleave(TOKENS_PER_STEP, dim=1)
+        # Explicit positions counted over real tokens only, so left padding does not shift them.
+        positions = (token_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        hidden = self.backbone(self.norm(tokens), token_mask, positions).reshape(b, t, TOKENS_PER_STEP, -1)
+        state_hidden, return_hidden = hidden[:, :, 0], hidden[:, :, 1]
+        catalogue = self.item_vectors(torch.arange(self.config.items, device=batch.actions.device))
+        return ModelOutput(
+            action_logits=self.action_head(return_hidden) @ catalogue.T,
+            max_return=self.max_return_head(state_hidden).squeeze(-1),
+            return_bin_logits=self.return_bin_head(state_hidden),
+        )
+
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"trainable_params": trainable, "total_params": total}
