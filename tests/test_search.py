@@ -1,0 +1,98 @@
+"""Maximum in-support return search: candidate lengths, the choice of w*, and batched == one at a time."""
+
+import numpy as np
+import pytest
+import torch
+
+from mdt4rec_core.inference.search import (
+    EpisodeContext,
+    SearchConfig,
+    _decide,
+    candidate_lengths,
+    search,
+    search_one_at_a_time,
+)
+from mdt4rec_core.model.config import BackboneConfig, ModelConfig
+from mdt4rec_core.model.network import MDT4Rec
+
+ITEMS, N, K = 25, 3, 6
+
+
+def _model(kind):
+    torch.manual_seed(1)
+    return MDT4Rec(
+        ModelConfig(
+            items=ITEMS,
+            state_length=N,
+            context_steps=K,
+            item_dim=8,
+            max_return=10.0,
+            return_bins=12,
+            backbone=BackboneConfig(kind=kind, lora_dropout=0.0),
+        )
+    )
+
+
+def _context(rng, steps, forbid=False):
+    items = rng.integers(0, ITEMS, (steps, N))
+    mask = rng.random((steps, N)) > 0.2
+    forbidden = rng.random(ITEMS) < 0.3 if forbid else None
+    return EpisodeContext(
+        state_items=np.where(mask, items, ITEMS),
+        state_feedback=rng.random((steps, N)).astype(np.float32),
+        state_mask=mask,
+        returns_to_go=np.sort(rng.random(steps) * 10)[::-1].astype(np.float32).copy(),
+        actions=rng.integers(0, ITEMS, steps - 1),
+        forbidden=forbidden,
+    )
+
+
+def test_candidate_lengths():
+    assert candidate_lengths(1, 20, 2) == [1]
+    assert candidate_lengths(7, 20, 2) == [7, 5, 3, 1]
+    assert candidate_lengths(30, 20, 2) == list(range(20, 0, -2))
+    assert candidate_lengths(30, 20, 3, search=False) == [20]
+
+
+def test_decide_takes_the_candidate_with_the_largest_estimate_and_masks_forbidden_items():
+    forbidden = np.zeros(5, dtype=bool)
+    forbidden[4] = True
+    context = EpisodeContext(
+        np.zeros((3, 1)), np.zeros((3, 1)), np.ones((3, 1), bool), np.zeros(3), np.zeros(2), forbidden
+    )
+    logits = torch.tensor([[5.0, 4, 3, 2, 1], [0, 1, 2, 3, 9]])  # candidate w=3 prefers 0; w=1 prefers 4 then 3
+    decision = _decide(
+        [context], [[3, 1]], logits, torch.tensor([1.0, 2.5]), torch.tensor([1.0, 2.5]), SearchConfig(top_k=2)
+    )[0]
+    assert decision.chosen_length == 1 and decision.items.tolist() == [3, 2]  # item 4 is forbidden
+
+
+@pytest.mark.parametrize("kind", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("conditioning", ["expectile", "expert_sample"])
+def test_batched_search_equals_the_one_at_a_time_loop(kind, conditioning):
+    model = _model(kind)
+    rng = np.random.default_rng(0)
+    contexts = [_context(rng, steps, forbid=steps % 2 == 0) for steps in (1, 2, 5, 6, 9, 14)]
+    config = SearchConfig(delta=2, conditioning=conditioning, kappa=2.0, top_k=5)
+    batched = search(model, contexts, config, seed=3)
+    looped = search_one_at_a_time(model, contexts, config, seed=3)
+    for fast, slow in zip(batched, looped, strict=True):
+        assert fast.lengths == slow.lengths
+        assert np.allclose(fast.max_returns, slow.max_returns, atol=1e-5)
+        assert np.allclose(fast.conditioned_returns, slow.conditioned_returns, atol=1e-5)
+        assert fast.chosen_length == slow.chosen_length == fast.lengths[int(np.argmax(fast.max_returns))]
+        assert fast.items.tolist() == slow.items.tolist()
+    for decision, context in zip(batched, contexts, strict=True):
+        if context.forbidden is not None:
+            assert not context.forbidden[decision.items].any()
+
+
+def test_without_search_only_the_full_history_is_used():
+    model = _model("tiny-gpt2")
+    rng = np.random.default_rng(1)
+    contexts = [_context(rng, 9), _context(rng, 3)]
+    decisions = search(model, contexts, SearchConfig(search=False))
+    assert [d.lengths for d in decisions] == [[K], [3]]
+    assert [float(d.conditioned_returns[0]) for d in decisions] == pytest.approx(
+        [c.returns_to_go[-1] for c in contexts]
+    )
