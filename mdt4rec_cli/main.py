@@ -25,6 +25,7 @@ StoreOption = typer.Option(
 SetOption = typer.Option(
     None, "--set", help="Override a pipeline configuration key: --set trajectories.state_length=20"
 )
+PresetSetOption = typer.Option(None, "--set", help="Override a preset key: --set train.batch_size=8")
 JsonOption = typer.Option(False, "--json", help="Print the figures as one JSON object on the last line.")
 
 
@@ -228,6 +229,74 @@ def sardine_logs(
         return {"env": env, "epsilon": epsilon, "seed": seed, **summary}
 
     _run(command, as_json, _render_ingest)
+
+
+@app.command("train")
+def train_command(
+    dataset: str = DatasetOption,
+    store: str | None = StoreOption,
+    preset: str = typer.Option("tiny", "--preset", help="conf/models/<preset>.yaml: tiny, cpu or paper."),
+    overrides: list[str] | None = PresetSetOption,
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Training steps (overrides the preset)."),
+    out: str = typer.Option(
+        "runs/latest", "--out", help="Run folder: checkpoint/, optimizer state; resumed if present."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Train MDT4Rec on the dataset's current trajectory set (resumes a killed run in the same --out)."""
+
+    def command() -> dict[str, Any]:
+        from pathlib import Path
+
+        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.train import load_preset, train_on_store
+
+        assignments = list(overrides or []) + ([f"train.max_steps={max_steps}"] if max_steps else [])
+        config = load_preset(preset, assignments)
+        summary = train_on_store(load_pipeline_config(store=store).store, dataset, config, Path(out))
+        summary.pop("history")
+        return summary
+
+    def render(r: dict[str, Any]) -> None:
+        console.print(
+            f"trained {r['steps']} steps (from {r['resumed_from']}): loss {r['train_loss_first']:.4f} -> "
+            f"{r['train_loss_last']:.4f}, validation {r['val_loss']}, {r['trainable_params']:,} of "
+            f"{r['total_params']:,} parameters trainable, {r['windows_per_second']:.1f} windows/s; "
+            f"checkpoint {r['checkpoint']}"
+        )
+
+    _run(command, as_json, render)
+
+
+@app.command()
+def recommend(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="A checkpoint folder (…/checkpoint)."),
+    history: str = typer.Option(..., "--history", help="Items of the episode so far, oldest first, comma separated."),
+    feedback: str | None = typer.Option(None, "--feedback", help="Their feedback, comma separated (raw scale)."),
+    k: int = typer.Option(10, "-k", help="How many items."),
+    no_search: bool = typer.Option(False, "--no-search", help="Plain DT conditioning on the full history (-Max)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Recommend the next items for one user with maximum in-support return search."""
+
+    def command() -> dict[str, Any]:
+        from pathlib import Path
+
+        from mdt4rec_core.errors import InputError
+        from mdt4rec_core.inference.recommend import recommend as run
+        from mdt4rec_core.inference.search import SearchConfig
+
+        items = [i.strip() for i in history.split(",") if i.strip()]
+        try:
+            values = [float(v) for v in feedback.split(",")] if feedback else None
+        except ValueError:
+            raise InputError(f"--feedback must be numbers, got {feedback!r}") from None
+        return run(Path(checkpoint), items, values, k, SearchConfig(search=not no_search))
+
+    def render(r: dict[str, Any]) -> None:
+        console.print(f"history length used: {r['chosen_history_length']}; items: {', '.join(map(str, r['items']))}")
+
+    _run(command, as_json, render)
 
 
 def _format(value: str | None):

@@ -40,7 +40,10 @@ def trajectory_losses(output, batch, config) -> dict[str, torch.Tensor]:
     """
     mask = batch.step_mask
     action = masked_cross_entropy(output.action_logits, batch.actions.clamp(max=config.items - 1), mask)
-    max_return = expectile_loss(batch.returns_to_go[mask], output.max_return[mask], config.loss.expectile)
+    scale = config.max_return  # regress in [0, 1] units, so the term's size does not depend on episode length
+    max_return = expectile_loss(
+        batch.returns_to_go[mask] / scale, output.max_return[mask] / scale, config.loss.expectile
+    )
     bins = return_bins(batch.returns_to_go, config.max_return, config.return_bins)
     return_bin = masked_cross_entropy(output.return_bin_logits, bins, mask)
     total = action + config.loss.max_weight * max_return + config.loss.bin_weight * return_bin

@@ -38,7 +38,9 @@ class TrajectoryBatch:
 
 @dataclass
 class ModelOutput:
-    """``action_logits`` (B, T, I) from R_t; ``max_return`` (B, T) and ``return_bin_logits`` (B, T, bins) from s_t."""
+    """``action_logits`` (B, T, I) from R_t; ``max_return`` (B, T) (in return units) and ``return_bin_logits``
+    (B, T, bins) from s_t. Returns-to-go enter and the max-return head leaves the network scaled by
+    ``config.max_return``, so both live in [0, 1]."""
 
     action_logits: torch.Tensor
     max_return: torch.Tensor
@@ -82,7 +84,7 @@ class MDT4Rec(nn.Module):
         tokens = torch.stack(
             [
                 self.embed_state(states) + time,
-                self.embed_return(batch.returns_to_go.unsqueeze(-1)) + time,
+                self.embed_return((batch.returns_to_go / self.config.max_return).unsqueeze(-1)) + time,
                 self.embed_action(self.item_vectors(batch.actions)) + time,
             ],
             dim=2,
@@ -95,7 +97,7 @@ class MDT4Rec(nn.Module):
         catalogue = self.item_vectors(torch.arange(self.config.items, device=batch.actions.device))
         return ModelOutput(
             action_logits=self.action_head(return_hidden) @ catalogue.T,
-            max_return=self.max_return_head(state_hidden).squeeze(-1),
+            max_return=self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return,
             return_bin_logits=self.return_bin_head(state_hidden),
         )
 

@@ -1,0 +1,77 @@
+"""Recommendation for one user from a checkpoint: the episode so far -> stitched decision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mdt4rec_core.errors import InputError
+from mdt4rec_core.inference.search import EpisodeContext, SearchConfig, search
+from mdt4rec_core.model.checkpoint import load_checkpoint
+
+DEFAULT_SEARCH = SearchConfig()
+
+
+def context_from_history(
+    indices: np.ndarray, rewards: np.ndarray, items: int, state_length: int, initial_return: float, exclude_seen: bool
+) -> EpisodeContext:
+    """The episode so far (items acted on, oldest first, with their rewards in [0, 1]) as a search context: state k
+    holds the last ``state_length`` items before step k; the running return-to-go starts at ``initial_return``."""
+    t = len(indices)
+    state_items = np.full((t + 1, state_length), items, dtype=np.int64)
+    state_feedback = np.zeros((t + 1, state_length), dtype=np.float32)
+    state_mask = np.zeros((t + 1, state_length), dtype=bool)
+    for k in range(t + 1):
+        recent = slice(max(0, k - state_length), k)
+        width = recent.stop - recent.start
+        state_items[k, :width], state_feedback[k, :width], state_mask[k, :width] = (
+            indices[recent],
+            rewards[recent],
+            True,
+        )
+    returns = (initial_return - np.concatenate([[0.0], np.cumsum(rewards)])).astype(np.float32)
+    forbidden = np.zeros(items, dtype=bool)
+    if exclude_seen:
+        forbidden[indices] = True
+    return EpisodeContext(state_items, state_feedback, state_mask, returns, indices, forbidden)
+
+
+def recommend(
+    checkpoint: Path,
+    history: list[str],
+    feedback: list[float] | None,
+    k: int,
+    config: SearchConfig = DEFAULT_SEARCH,
+    exclude_seen: bool = True,
+) -> dict:
+    """Top-``k`` items for a user whose episode so far is ``history`` (item ids) with raw ``feedback`` (default:
+    the top of the training feedback range)."""
+    if not history:
+        raise InputError("the history is empty: give at least one item the user interacted with")
+    if feedback is not None and len(feedback) != len(history):
+        raise InputError(f"--feedback has {len(feedback)} values for {len(history)} history items")
+    model, catalogue, metadata = load_checkpoint(checkpoint)
+    index = dict(zip(catalogue["item_id"].to_list(), catalogue["index"].to_list(), strict=True))
+    unknown = [item for item in history if item not in index]
+    if unknown:
+        raise InputError(f"unknown item id {unknown[0]!r} (not in the checkpoint's catalogue of {len(index):,} items)")
+    low, high = metadata["feedback_min"], metadata["feedback_max"]
+    raw = np.asarray(feedback if feedback is not None else [high] * len(history), dtype=np.float64)
+    rewards = np.clip((raw - low) / (high - low), 0, 1) if high > low else np.ones_like(raw)
+    context = context_from_history(
+        np.array([index[i] for i in history]),
+        rewards.astype(np.float32),
+        model.config.items,
+        model.config.state_length,
+        model.config.max_return,
+        exclude_seen,
+    )
+    decision = search(model, [context], SearchConfig(**{**config.__dict__, "top_k": k}))[0]
+    ids = catalogue["item_id"].to_numpy()
+    return {
+        "items": ids[decision.items].tolist(),
+        "chosen_history_length": decision.chosen_length,
+        "max_return_estimates": dict(zip(decision.lengths, decision.max_returns.round(4).tolist(), strict=True)),
+        "conditioned_return": float(decision.conditioned_returns[decision.lengths.index(decision.chosen_length)]),
+    }

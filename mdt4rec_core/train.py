@@ -1,0 +1,276 @@
+"""The training loop: random K-step windows from the trajectory store, AdamW with warmup then cosine decay, gradient
+clipping, bf16 autocast on CUDA, periodic validation on held-out users, safetensors checkpoints, resume after a kill.
+
+Runs in one process, or under ``torchrun --nproc-per-node N`` (DDP; gloo on CPU, nccl on GPU): every rank draws its
+own windows, rank 0 validates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+import torch.distributed as dist
+from pydantic import Field
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mdt4rec_core.config import StrictModel
+from mdt4rec_core.data.windows import EpisodeArrays, episode_arrays, sample_windows
+from mdt4rec_core.model.checkpoint import load_checkpoint, save_checkpoint, saved_state
+from mdt4rec_core.model.config import ModelConfig
+from mdt4rec_core.model.losses import trajectory_losses
+from mdt4rec_core.model.network import MDT4Rec
+
+NO_DECAY = ("bias", "norm", "ln_", "embed", "item_ids", "positions")
+
+
+class TrainConfig(StrictModel):
+    batch_size: int = Field(32, ge=1)
+    max_steps: int = Field(1000, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(0.25, gt=0)
+    padding_side: Literal["left", "right"] = "left"
+    validation_fraction: float = Field(0.05, ge=0, lt=1)
+    validate_every: int = Field(100, ge=1)
+    validation_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Episodes as arrays, split into training and validation episodes; ``metadata`` travels with checkpoints."""
+
+    arrays: EpisodeArrays
+    train_episodes: np.ndarray
+    validation_episodes: np.ndarray
+    catalogue: pl.DataFrame
+    metadata: dict
+
+
+def training_data(
+    steps: pl.DataFrame, catalogue: pl.DataFrame, model: ModelConfig, config: TrainConfig, metadata: dict
+) -> TrainingData:
+    """Episodes of users whose id hashes below ``validation_fraction`` are kept for validation."""
+    arrays = episode_arrays(steps, model.state_length, catalogue.height)
+    users = pl.Series(arrays.users)
+    validation = ((users.hash(seed=11) % 10_000) < int(config.validation_fraction * 10_000)).to_numpy()
+    return TrainingData(arrays, np.flatnonzero(~validation), np.flatnonzero(validation), catalogue, metadata)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups chosen by parameter name: no decay for biases, norms and embeddings."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if any(tag in name for tag in NO_DECAY) else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine decay to 0.1 at ``max_steps``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, out: Path) -> dict:
+    """Train (or resume training in ``out``) and return the run's summary (JSON-ready)."""
+    rank, world = _distributed()
+    torch.manual_seed(config.seed)
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    )
+    model = MDT4Rec(model_config).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
+    state_file, checkpoint = out / "training_state.json", out / "checkpoint"
+    start, history = 0, {"train_loss": [], "validation_loss": []}
+    if state_file.is_file():
+        start, history = _resume(model, optimizer, scheduler, out)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    started, windows = time.perf_counter(), 0
+    with _progress(rank) as progress:
+        task = progress.add_task("train", total=config.max_steps, completed=start, loss=float("nan"), rate=0.0)
+        for step in range(start, config.max_steps):
+            model.train()
+            rng = np.random.default_rng([config.seed, rank, step])
+            batch = _to(
+                sample_windows(
+                    data.arrays,
+                    data.train_episodes,
+                    config.batch_size,
+                    model_config.context_steps,
+                    rng,
+                    config.padding_side,
+                ),
+                device,
+            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                losses = trajectory_losses(trained(batch), batch, model_config)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            windows += config.batch_size
+            history["train_loss"].append([step + 1, float(losses["total"])])
+            rate = windows / (time.perf_counter() - started)
+            progress.update(task, advance=1, loss=float(losses["total"]), rate=rate)
+            last = step + 1 == config.max_steps
+            if rank == 0 and ((step + 1) % config.validate_every == 0 or last) and len(data.validation_episodes):
+                history["validation_loss"].append(
+                    [step + 1, validation_loss(model, data, model_config, config, device)]
+                )
+            if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or last):
+                _save(model, optimizer, scheduler, data, out, step + 1, history)
+    seconds = time.perf_counter() - started
+    if world > 1:
+        dist.barrier()
+    counts = model.parameter_counts()
+    losses_seen = history["train_loss"]
+    return {
+        "steps": config.max_steps,
+        "resumed_from": start,
+        "train_loss_first": losses_seen[0][1] if losses_seen else None,
+        "train_loss_last": losses_seen[-1][1] if losses_seen else None,
+        "val_loss": history["validation_loss"][-1][1] if history["validation_loss"] else None,
+        **counts,
+        "windows_per_second": windows / seconds if seconds else None,
+        "tokens_per_second": 3 * model_config.context_steps * windows / seconds if seconds else None,
+        "seconds": seconds,
+        "checkpoint": str(checkpoint),
+        "world_size": world,
+        "history": history,
+    }
+
+
+@torch.no_grad()
+def validation_loss(
+    model: MDT4Rec, data: TrainingData, model_config: ModelConfig, config: TrainConfig, device: torch.device
+) -> float:
+    """Mean total loss over fixed windows (the same ones at every validation) of the validation users."""
+    model.eval()
+    rng = np.random.default_rng([config.seed, 999])
+    total = 0.0
+    for _ in range(config.validation_batches):
+        batch = _to(
+            sample_windows(
+                data.arrays,
+                data.validation_episodes,
+                config.batch_size,
+                model_config.context_steps,
+                rng,
+                config.padding_side,
+            ),
+            device,
+        )
+        total += float(trajectory_losses(model(batch), batch, model_config)["total"])
+    return total / config.validation_batches
+
+
+def _save(model, optimizer, scheduler, data: TrainingData, out: Path, step: int, history: dict) -> None:
+    """Checkpoint, optimizer and schedule, then the state file last: a kill before it resumes from the previous."""
+    save_checkpoint(model, data.catalogue, out / "checkpoint", data.metadata)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, out / ".optimizer.pt.tmp")
+    (out / ".optimizer.pt.tmp").replace(out / "optimizer.pt")
+    (out / ".training_state.json.tmp").write_text(json.dumps({"step": step, "history": history}))
+    (out / ".training_state.json.tmp").replace(out / "training_state.json")
+
+
+def _resume(model, optimizer, scheduler, out: Path) -> tuple[int, dict]:
+    state = json.loads((out / "training_state.json").read_text())
+    restored, _, _ = load_checkpoint(out / "checkpoint")
+    model.load_state_dict(saved_state(restored), strict=False)
+    saved = torch.load(out / "optimizer.pt", weights_only=True)  # tensors and numbers only: nothing unpickled
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return int(state["step"]), state["history"]
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _to(batch, device):
+    for name, value in vars(batch).items():
+        setattr(batch, name, value.to(device))
+    return batch
+
+
+def _progress(rank: int) -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[rate]:.1f} windows/s"),
+        TimeElapsedColumn(),
+        disable=rank != 0,
+        transient=False,
+    )
+
+
+class Preset(StrictModel):
+    """conf/models/<name>.yaml: the network (every ModelConfig key but ``items``, which the data sets) and training."""
+
+    model: dict = Field(default_factory=dict)
+    train: TrainConfig = TrainConfig()
+
+
+def load_preset(name: str, overrides: list[str] = ()) -> Preset:
+    from mdt4rec_core.config import CONF_DIR, ConfigError, load_config
+
+    path = CONF_DIR / "models" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "models").glob("*.yaml"))
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(known)})")
+    return load_config(Preset, path, overrides)
+
+
+def model_config_for(preset: Preset, catalogue: pl.DataFrame, steps: pl.DataFrame) -> ModelConfig:
+    """The preset's network sized for the data: catalogue size, longest episode, largest return-to-go."""
+    from mdt4rec_core.config import build_model
+
+    data = {
+        "items": catalogue.height,
+        "max_timestep": int(steps["step"].max()) + 1,
+        "max_return": float(max(1.0, steps["return_to_go"].max())),
+        **preset.model,
+    }
+    return build_model(ModelConfig, data, "preset model")
+
+
+def train_on_store(store_uri: str, dataset: str, preset: Preset, out: Path) -> dict:
+    """Train on the current trajectory set of ``dataset`` in the store."""
+    from mdt4rec_core.data.store import Store
+    from mdt4rec_core.data.trajectories import load_trajectories
+    from mdt4rec_core.errors import InputError
+
+    trajectories = load_trajectories(Store(store_uri), dataset)
+    if trajectories is None:
+        raise InputError(f"dataset {dataset!r} has no trajectories in {store_uri}: run mdt4rec ingest first")
+    model_config = model_config_for(preset, trajectories.catalogue, trajectories.steps)
+    stats = trajectories.stats
+    metadata = {
+        "dataset": dataset,
+        "trajectory_version": stats.version,
+        "feedback_min": stats.feedback_min,
+        "feedback_max": stats.feedback_max,
+    }
+    data = training_data(trajectories.steps, trajectories.catalogue, model_config, preset.train, metadata)
+    return {"dataset": dataset, "trajectory_version": stats.version, **train(model_config, preset.train, data, out)}
