@@ -106,6 +106,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
         for step in range(start, config.max_steps):
             model.train()
             rng = np.random.default_rng([config.seed, rank, step])
+            torch.manual_seed(int(rng.integers(2**62)))  # dropout too depends only on (seed, rank, step): resumable
             batch = _to(
                 sample_windows(
                     data.arrays,

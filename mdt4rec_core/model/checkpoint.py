@@ -1,4 +1,4 @@
-"""Checkpoints: ``model.safetensors`` (every weight that is not a frozen pre-trained backbone weight) beside
+"""Checkpoints: ``model.safetensors`` (every weight but the frozen pre-trained backbone weights) beside
 ``config.json`` (the ModelConfig) and ``catalogue.parquet`` (item ids in index order). Loading rebuilds the network
 from the config, reloads the frozen backbone from its source, and unpickles nothing."""
 
@@ -21,7 +21,11 @@ WEIGHTS, CONFIG, CATALOGUE, METADATA = "model.safetensors", "config.json", "cata
 
 
 def saved_state(model: MDT4Rec) -> dict[str, torch.Tensor]:
-    """What a checkpoint keeps: trainable parameters and buffers (frozen backbone weights are reloaded)."""
+    """What a checkpoint keeps: trainable parameters and buffers, and the frozen backbone weights too unless they
+    come from a pre-trained source that loading reads again (a random backbone could not be rebuilt)."""
+    backbone = model.config.backbone
+    if not (backbone.pretrained and backbone.kind in ("gpt2", "smollm2")):
+        return {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}  # clone: tied weights
     keep = {name for name, p in model.named_parameters() if p.requires_grad}
     keep |= {name for name, _ in model.named_buffers()}
     return {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items() if name in keep}

@@ -1,0 +1,193 @@
+"""Training on the tiny preset: losses, checkpoints, resume after kill -9, DDP under torchrun, bad checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mdt4rec_core.data.trajectories import load_trajectories
+from mdt4rec_core.data.windows import collate, episode_arrays
+from mdt4rec_core.errors import InputError
+from mdt4rec_core.inference.recommend import recommend
+from mdt4rec_core.model.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """MovieLens-100K from the installed package, ingested once for the module."""
+    from mdt4rec_core.config import PipelineConfig, resolve_dataset
+    from tasks.ingest import run_ingest
+
+    root = tmp_path_factory.mktemp("store")
+    run_ingest(PipelineConfig(dataset="ml-100k", store=str(root)), resolve_dataset("ml-100k"))
+    return str(root)
+
+
+def mdt4rec(*args, timeout=600, prefix=()):
+    command = [*prefix, "-m", "mdt4rec_cli", *args] if prefix else [sys.executable, "-m", "mdt4rec_cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def last_json(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_tiny_preset_trains_and_the_checkpoint_round_trips(store, tmp_path):
+    summary = last_json(
+        mdt4rec(
+            "train",
+            "--store",
+            store,
+            "--dataset",
+            "ml-100k",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "120",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        )
+    )
+    keys = {
+        "steps",
+        "train_loss_first",
+        "train_loss_last",
+        "val_loss",
+        "trainable_params",
+        "total_params",
+        "seconds",
+        "checkpoint",
+    }
+    assert keys <= summary.keys() and summary["steps"] == 120
+    assert summary["train_loss_last"] < summary["train_loss_first"]
+    assert 0 < summary["trainable_params"] < summary["total_params"] and np.isfinite(summary["val_loss"])
+    model, catalogue, metadata = load_checkpoint(tmp_path / "run" / "checkpoint")
+    again, _, _ = load_checkpoint(tmp_path / "run" / "checkpoint")
+    trajectories = load_trajectories(__import__("mdt4rec_core.data.store", fromlist=["Store"]).Store(store), "ml-100k")
+    arrays = episode_arrays(trajectories.steps, model.config.state_length, catalogue.height)
+    batch = collate(arrays, np.arange(4), np.minimum(arrays.lengths[:4] - 1, 7), model.config.context_steps, "left")
+    with torch.no_grad():
+        first, second = model(batch), again(batch)
+    assert torch.equal(first.action_logits, second.action_logits) and torch.equal(first.max_return, second.max_return)
+    assert metadata["dataset"] == "ml-100k" and metadata["feedback_max"] == 5.0
+
+    answer = recommend(tmp_path / "run" / "checkpoint", ["1", "50", "181"], [5, 4, 1], k=7)
+    assert len(answer["items"]) == 7 and not {"1", "50", "181"} & set(answer["items"])
+    assert answer["chosen_history_length"] in answer["max_return_estimates"]
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(store, tmp_path):
+    args = [
+        "train",
+        "--store",
+        store,
+        "--dataset",
+        "ml-100k",
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "400",
+        "--set",
+        "train.checkpoint_every=20",
+        "--json",
+    ]
+    reference = last_json(mdt4rec(*args, "--out", str(tmp_path / "whole")))
+    killed = tmp_path / "killed"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "mdt4rec_cli", *args, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not (killed / "training_state.json").exists() and writer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    assert writer.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    resumed = last_json(mdt4rec(*args, "--out", str(killed)))
+    assert 0 < resumed["resumed_from"] < 400 and resumed["steps"] == 400
+    assert resumed["train_loss_last"] == pytest.approx(reference["train_loss_last"], rel=1e-4)
+    whole, interrupted = (load_file(str(p / "checkpoint" / "model.safetensors")) for p in (tmp_path / "whole", killed))
+    assert whole.keys() == interrupted.keys()
+    assert all(torch.allclose(whole[k], interrupted[k], atol=1e-5) for k in whole)
+
+
+def test_two_process_torchrun_gloo_step(store, tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "mdt4rec_cli",
+            "train",
+            "--store",
+            store,
+            "--dataset",
+            "ml-100k",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "3",
+            "--out",
+            str(tmp_path / "ddp"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert summaries and all(s["world_size"] == 2 and s["steps"] == 3 for s in summaries)
+    assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_bad_checkpoints_and_requests_are_clear_errors(store, tmp_path):
+    run = tmp_path / "run"
+    last_json(
+        mdt4rec(
+            "train",
+            "--store",
+            store,
+            "--dataset",
+            "ml-100k",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--out",
+            str(run),
+            "--json",
+        )
+    )
+    checkpoint = run / "checkpoint"
+    with pytest.raises(InputError, match="unknown item id 'no-such-movie'"):
+        recommend(checkpoint, ["1", "no-such-movie"], None, 5)
+    with pytest.raises(InputError, match="history is empty"):
+        recommend(checkpoint, [], None, 5)
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "item_dim": config["item_dim"] * 2}))
+    with pytest.raises(InputError, match="config.json does not match model.safetensors"):
+        load_checkpoint(checkpoint)
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    (checkpoint / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(InputError, match="unreadable weights"):
+        load_checkpoint(checkpoint)
+    (checkpoint / "model.safetensors").unlink()
+    result = mdt4rec("recommend", "--checkpoint", str(checkpoint), "--history", "1,2", "--json")
+    assert result.returncode == 2 and "model.safetensors missing" in result.stderr
