@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +26,7 @@ from mdt4rec_core.config import StrictModel
 from mdt4rec_core.data.windows import EpisodeArrays, episode_arrays, sample_windows
 from mdt4rec_core.model.checkpoint import load_checkpoint, save_checkpoint, saved_state
 from mdt4rec_core.model.config import ModelConfig
+from mdt4rec_core.model.language import TextCorpus, item_corpus
 from mdt4rec_core.model.losses import trajectory_losses
 from mdt4rec_core.model.network import MDT4Rec
 
@@ -44,6 +45,7 @@ class TrainConfig(StrictModel):
     validate_every: int = Field(100, ge=1)
     validation_batches: int = Field(8, ge=1)
     checkpoint_every: int = Field(200, ge=1)
+    text_batch_size: int = Field(8, ge=1, description="item texts per step for the language-model term")
     seed: int = 0
 
 
@@ -56,6 +58,7 @@ class TrainingData:
     validation_episodes: np.ndarray
     catalogue: pl.DataFrame
     metadata: dict
+    corpus: TextCorpus | None = None  # item texts for the language-model term (pre-trained backbones only)
 
 
 def training_data(
@@ -120,6 +123,10 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
             )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 losses = trajectory_losses(trained(batch), batch, model_config)
+                if data.corpus is not None and model_config.loss.lm_weight > 0:
+                    ids, mask = data.corpus.sample(config.text_batch_size, rng)
+                    losses["language"] = model.backbone.language_loss(ids.to(device), mask.to(device))
+                    losses["total"] = losses["total"] + model_config.loss.lm_weight * losses["language"]
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -274,4 +281,9 @@ def train_on_store(store_uri: str, dataset: str, preset: Preset, out: Path) -> d
         "feedback_max": stats.feedback_max,
     }
     data = training_data(trajectories.steps, trajectories.catalogue, model_config, preset.train, metadata)
+    items_table = f"items/dataset={dataset}/items.parquet"
+    store = Store(store_uri)
+    if store.exists(items_table):
+        texts = pl.read_parquet(store.url(items_table))["text"].to_list()
+        data = replace(data, corpus=item_corpus(texts, model_config.backbone))
     return {"dataset": dataset, "trajectory_version": stats.version, **train(model_config, preset.train, data, out)}
