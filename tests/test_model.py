@@ -140,3 +140,12 @@ def test_adaptation_ablations():
     assert all(p.requires_grad for p in full.backbone.parameters())
     linear = _model(embedding="linear")
     assert isinstance(linear.embed_state, torch.nn.Linear)
+
+
+def test_last_step_only_equals_the_last_step_of_the_full_forward():
+    model = MODELS[("tiny-llama", "gru")]
+    batch = _batch(9)
+    with torch.no_grad():
+        full, last = model(batch), model(batch, last_step_only=True)
+    assert torch.allclose(full.action_logits[:, -1:], last.action_logits, atol=1e-6)
+    assert torch.allclose(full.max_return[:, -1:], last.max_return, atol=1e-6)

@@ -143,7 +143,7 @@ def search(
     rows = sum(len(w) for w in lengths)
     if uniforms is None:
         uniforms = np.random.default_rng(seed).random(rows)
-    first = model(_windows(model, contexts, lengths, None))
+    first = model(_windows(model, contexts, lengths, None), last_step_only=True)
     max_returns = first.max_return[:, -1]
     if config.search:
         conditioned = _conditioning(
@@ -153,7 +153,7 @@ def search(
             config,
             torch.as_tensor(uniforms, device=max_returns.device),
         )
-        second = model(_windows(model, contexts, lengths, conditioned.cpu().numpy()))
+        second = model(_windows(model, contexts, lengths, conditioned.cpu().numpy()), last_step_only=True)
         logits, max_returns = second.action_logits[:, -1], second.max_return[:, -1]
     else:
         conditioned = torch.as_tensor([c.returns_to_go[-1] for c in contexts], dtype=torch.float32)
@@ -178,7 +178,7 @@ def search_one_at_a_time(
     row = 0
     for context, candidates in zip(contexts, lengths, strict=True):
         for w in candidates:
-            first = model(_windows(model, [context], [[w]], None))
+            first = model(_windows(model, [context], [[w]], None), last_step_only=True)
             if config.search:
                 value = _conditioning(
                     model,
@@ -187,7 +187,7 @@ def search_one_at_a_time(
                     config,
                     torch.as_tensor(uniforms[row : row + 1]),
                 )
-                second = model(_windows(model, [context], [[w]], value.numpy()))
+                second = model(_windows(model, [context], [[w]], value.numpy()), last_step_only=True)
                 logits.append(second.action_logits[:, -1])
                 max_returns.append(second.max_return[:, -1])
             else:

@@ -77,7 +77,9 @@ class MDT4Rec(nn.Module):
         """(...,) item indices (I = padding) -> (..., D)."""
         return torch.cat([self.item_ids(items), self.item_text[items]], dim=-1)
 
-    def forward(self, batch: TrajectoryBatch) -> ModelOutput:
+    def forward(self, batch: TrajectoryBatch, last_step_only: bool = False) -> ModelOutput:
+        """Outputs for every step, or (``last_step_only``, T = 1 in the outputs) for the window's last step only:
+        what a decision needs, without (B, T, I) logits."""
         b, t = batch.actions.shape
         states = self.state_encoder(self.item_vectors(batch.state_items), batch.state_feedback, batch.state_mask)
         time = self.embed_timestep(batch.timesteps.clamp(max=self.config.max_timestep))
@@ -93,6 +95,8 @@ class MDT4Rec(nn.Module):
         # Explicit positions counted over real tokens only, so left padding does not shift them.
         positions = (token_mask.long().cumsum(dim=1) - 1).clamp(min=0)
         hidden = self.backbone(self.norm(tokens), token_mask, positions).reshape(b, t, TOKENS_PER_STEP, -1)
+        if last_step_only:
+            hidden = hidden[:, -1:]
         state_hidden, return_hidden = hidden[:, :, 0], hidden[:, :, 1]
         catalogue = self.item_vectors(torch.arange(self.config.items, device=batch.actions.device))
         return ModelOutput(
