@@ -29,6 +29,7 @@ from mdt4rec_core.model.config import ModelConfig
 from mdt4rec_core.model.language import TextCorpus, item_corpus
 from mdt4rec_core.model.losses import trajectory_losses
 from mdt4rec_core.model.network import MDT4Rec
+from mdt4rec_core.model.text import item_text_embeddings
 
 NO_DECAY = ("bias", "norm", "ln_", "embed", "item_ids", "positions")
 
@@ -59,6 +60,7 @@ class TrainingData:
     catalogue: pl.DataFrame
     metadata: dict
     corpus: TextCorpus | None = None  # item texts for the language-model term (pre-trained backbones only)
+    item_text: torch.Tensor | None = None  # (I, text_dim) frozen item text embeddings when the model uses them
 
 
 def training_data(
@@ -95,7 +97,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
     device = (
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     )
-    model = MDT4Rec(model_config).to(device)
+    model = MDT4Rec(model_config, data.item_text).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
     state_file, checkpoint = out / "training_state.json", out / "checkpoint"
@@ -284,6 +286,16 @@ def train_on_store(store_uri: str, dataset: str, preset: Preset, out: Path) -> d
     items_table = f"items/dataset={dataset}/items.parquet"
     store = Store(store_uri)
     if store.exists(items_table):
-        texts = pl.read_parquet(store.url(items_table))["text"].to_list()
-        data = replace(data, corpus=item_corpus(texts, model_config.backbone))
+        items = pl.read_parquet(store.url(items_table)).select("item_id", "text")
+        data = replace(data, corpus=item_corpus(items["text"].to_list(), model_config.backbone))
+    else:
+        items = pl.DataFrame(schema={"item_id": pl.String, "text": pl.String})
+    if model_config.text_dim:
+        # Catalogue order; an item without a row in the item table is described by its id.
+        texts = trajectories.catalogue.join(items, on="item_id", how="left", maintain_order="left").select(
+            pl.coalesce("text", "item_id")
+        )
+        data = replace(
+            data, item_text=item_text_embeddings(texts.to_series().to_list(), model_config.backbone.cache_dir)
+        )
     return {"dataset": dataset, "trajectory_version": stats.version, **train(model_config, preset.train, data, out)}

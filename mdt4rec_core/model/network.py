@@ -49,11 +49,10 @@ class ModelOutput:
 
 class MDT4Rec(nn.Module):
     def __init__(self, config: ModelConfig, item_text: torch.Tensor | None = None):
-        """``item_text`` (I, text_dim): frozen text embeddings of the items (required when ``config.text_dim`` > 0)."""
+        """``item_text`` (I, text_dim): frozen text embeddings of the items when ``config.text_dim`` > 0 (left out
+        when a checkpoint's weights, which hold them, are loaded next)."""
         super().__init__()
         self.config = config
-        if (item_text is None) != (config.text_dim == 0):
-            raise ValueError("item_text must be given exactly when config.text_dim > 0")
         if item_text is not None and tuple(item_text.shape) != (config.items, config.text_dim):
             raise ValueError(f"item_text must have shape ({config.items}, {config.text_dim})")
         self.backbone = Backbone(config.backbone, max_positions=TOKENS_PER_STEP * config.context_steps)
