@@ -7,8 +7,9 @@ itself (``expectile``) or a draw from the return-bin distribution reweighted tow
 proportional to exp(kappa R) p(R) (``expert_sample``). Pass 2 runs every candidate with that return-to-go and reads
 the action logits; the recommendation is the top-k of the candidate with the largest Rmax_w, forbidden items masked.
 
-All candidates of all users go through the network as one batch per pass. ``search_one_at_a_time`` is the reference
-(batch size 1 per candidate, as EDT's implementation does it) that tests and benchmarks compare against.
+All candidates of all users go through the network as one batch per pass, and pass 2 reuses pass 1's key/value cache
+up to s_t, so it runs a single token per candidate. ``search_one_at_a_time`` is the reference (batch size 1 per
+candidate, two full forward passes, as EDT's implementation does it) that tests and benchmarks compare against.
 """
 
 from __future__ import annotations
@@ -143,21 +144,17 @@ def search(
     rows = sum(len(w) for w in lengths)
     if uniforms is None:
         uniforms = np.random.default_rng(seed).random(rows)
-    first = model(_windows(model, contexts, lengths, None), last_step_only=True)
-    max_returns = first.max_return[:, -1]
+    batch = _windows(model, contexts, lengths, None)
     if config.search:
-        conditioned = _conditioning(
-            model,
-            max_returns,
-            first.return_bin_logits[:, -1],
-            config,
-            torch.as_tensor(uniforms, device=max_returns.device),
+        draws = torch.as_tensor(uniforms, device=batch.actions.device)
+        first, logits, conditioned = model.decide(
+            batch, lambda max_return, bins: _conditioning(model, max_return, bins, config, draws)
         )
-        second = model(_windows(model, contexts, lengths, conditioned.cpu().numpy()), last_step_only=True)
-        logits, max_returns = second.action_logits[:, -1], second.max_return[:, -1]
     else:
-        conditioned = torch.as_tensor([c.returns_to_go[-1] for c in contexts], dtype=torch.float32)
+        first, _, _ = model.decide(batch)
         logits = first.action_logits[:, -1]
+        conditioned = torch.as_tensor([c.returns_to_go[-1] for c in contexts], dtype=torch.float32)
+    max_returns = first.max_return[:, -1]
     return _decide(contexts, lengths, logits.cpu(), max_returns.cpu(), conditioned.cpu(), config)
 
 

@@ -139,6 +139,18 @@ class Backbone(nn.Module):
         output = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), position_ids=position_ids)
         return output.last_hidden_state
 
+    def extend(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None):
+        """Run ``inputs_embeds`` (B, L', H) after the tokens held in ``cache`` (None: from the start).
+        ``attention_mask`` covers cached and new tokens (B, L + L'). Returns (hidden (B, L', H), cache)."""
+        output = self.model.base_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask.long(),
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        )
+        return output.last_hidden_state, output.cache
+
     def language_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy of the backbone on ``input_ids`` (B, L) (padding excluded)."""
         labels = input_ids.masked_fill(attention_mask == 0, -100)

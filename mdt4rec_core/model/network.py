@@ -76,9 +76,8 @@ class MDT4Rec(nn.Module):
         """(...,) item indices (I = padding) -> (..., D)."""
         return torch.cat([self.item_ids(items), self.item_text[items]], dim=-1)
 
-    def forward(self, batch: TrajectoryBatch, last_step_only: bool = False) -> ModelOutput:
-        """Outputs for every step, or (``last_step_only``, T = 1 in the outputs) for the window's last step only:
-        what a decision needs, without (B, T, I) logits."""
+    def _tokens(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens (B, 3T, H) in the order s, R, a per step; token mask (B, 3T); position ids (B, 3T))."""
         b, t = batch.actions.shape
         states = self.state_encoder(self.item_vectors(batch.state_items), batch.state_feedback, batch.state_mask)
         time = self.embed_timestep(batch.timesteps.clamp(max=self.config.max_timestep))
@@ -93,16 +92,60 @@ class MDT4Rec(nn.Module):
         token_mask = batch.step_mask.repeat_interleave(TOKENS_PER_STEP, dim=1)
         # Explicit positions counted over real tokens only, so left padding does not shift them.
         positions = (token_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-        hidden = self.backbone(self.norm(tokens), token_mask, positions).reshape(b, t, TOKENS_PER_STEP, -1)
+        return self.norm(tokens), token_mask, positions
+
+    def _catalogue(self, device: torch.device) -> torch.Tensor:
+        return self.item_vectors(torch.arange(self.config.items, device=device))
+
+    def forward(self, batch: TrajectoryBatch, last_step_only: bool = False) -> ModelOutput:
+        """Outputs for every step, or (``last_step_only``, T = 1 in the outputs) for the window's last step only:
+        what a decision needs, without (B, T, I) logits."""
+        b, t = batch.actions.shape
+        tokens, token_mask, positions = self._tokens(batch)
+        hidden = self.backbone(tokens, token_mask, positions).reshape(b, t, TOKENS_PER_STEP, -1)
         if last_step_only:
             hidden = hidden[:, -1:]
         state_hidden, return_hidden = hidden[:, :, 0], hidden[:, :, 1]
-        catalogue = self.item_vectors(torch.arange(self.config.items, device=batch.actions.device))
         return ModelOutput(
-            action_logits=self.action_head(return_hidden) @ catalogue.T,
+            action_logits=self.action_head(return_hidden) @ self._catalogue(batch.actions.device).T,
             max_return=self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return,
             return_bin_logits=self.return_bin_head(state_hidden),
         )
+
+    @torch.no_grad()
+    def decide(
+        self, batch: TrajectoryBatch, condition=None
+    ) -> tuple[ModelOutput, torch.Tensor | None, torch.Tensor | None]:
+        """Decision outputs at each window's last step t (windows left-padded, so t is the last column).
+
+        Pass 1 reads Rmax and the return bins at s_t and the action logits at R_t under the running return-to-go.
+        With ``condition`` (a function (max_return (B,), bin_logits (B, bins)) -> return-to-go (B,)), pass 2 re-reads
+        the action logits at R_t conditioned on that value, reusing the prefix up to s_t from a key/value cache: only
+        one token per row runs again. Returns (pass-1 outputs with T = 1, pass-2 action logits (B, I) or None, the
+        return-to-go used in pass 2 or None).
+        """
+        tokens, token_mask, positions = self._tokens(batch)
+        prefix = tokens.shape[1] - 2  # up to and including s_t
+        hidden, cache = self.backbone.extend(tokens[:, :prefix], token_mask[:, :prefix], positions[:, :prefix])
+        state_hidden = hidden[:, -1]
+        max_return = self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return
+        bin_logits = self.return_bin_head(state_hidden)
+        catalogue = self._catalogue(batch.actions.device)
+        r_mask, r_position = token_mask[:, : prefix + 1], positions[:, prefix : prefix + 1]
+        return_hidden, cache = self.backbone.extend(tokens[:, prefix : prefix + 1], r_mask, r_position, cache)
+        first = ModelOutput(
+            action_logits=(self.action_head(return_hidden[:, 0]) @ catalogue.T).unsqueeze(1),
+            max_return=max_return.unsqueeze(1),
+            return_bin_logits=bin_logits.unsqueeze(1),
+        )
+        if condition is None:
+            return first, None, None
+        conditioned = condition(max_return, bin_logits)
+        cache.crop(-1)  # forget the running R_t: the cache holds the prefix up to s_t again
+        time = self.embed_timestep(batch.timesteps[:, -1].clamp(max=self.config.max_timestep))
+        token = self.norm(self.embed_return((conditioned / self.config.max_return).unsqueeze(-1)) + time)
+        return_hidden, _ = self.backbone.extend(token.unsqueeze(1), r_mask, r_position, cache)
+        return first, self.action_head(return_hidden[:, 0]) @ catalogue.T, conditioned
 
     def parameter_counts(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.parameters())
