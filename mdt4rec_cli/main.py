@@ -180,7 +180,7 @@ def evaluate(
     env: str = typer.Option(
         "ml-1m", "--env", help="A dataset environment (ml-1m, ml-100k, coat, yahoo-r3, kuairec, kuairand-pure)."
     ),
-    policy: str = typer.Option("random", "--policy", help="random or popularity."),
+    policy: str = typer.Option("random", "--policy", help="random, popularity or checkpoint:<folder>."),
     mode: str = typer.Option("FB", "--mode", help="FB, NX_0 or NX_10."),
     episodes: int = typer.Option(1000, "--episodes", help="Episodes per seed."),
     seeds: int = typer.Option(1, "--seeds", help="Number of seeds (0, 1, ...)."),

@@ -191,3 +191,32 @@ def test_bad_checkpoints_and_requests_are_clear_errors(store, tmp_path):
     (checkpoint / "model.safetensors").unlink()
     result = mdt4rec("recommend", "--checkpoint", str(checkpoint), "--history", "1,2", "--json")
     assert result.returncode == 2 and "model.safetensors missing" in result.stderr
+
+
+def test_a_checkpoint_is_a_policy_in_the_simulator(store, tmp_path):
+    from mdt4rec_core.envs.api import evaluate_policy
+
+    run = tmp_path / "run"
+    last_json(
+        mdt4rec(
+            "train",
+            "--store",
+            store,
+            "--dataset",
+            "ml-100k",
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "20",
+            "--out",
+            str(run),
+            "--json",
+        )
+    )
+    result = evaluate_policy(
+        store, "ml-100k", f"checkpoint:{run / 'checkpoint'}", "NX_0", episodes=12, seeds=1, protocol="paper"
+    )
+    assert result["episodes"] == 12 and 1 <= result["Length"] <= 30
+    histogram = result["chosen_history_lengths"]
+    assert sum(histogram.values()) == round(result["Length"] * 12)  # one decision per step
+    assert all(1 <= length <= 20 for length in histogram)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from mdt4rec_core.config import load_dataset_config
 from mdt4rec_core.data.store import Store
@@ -15,6 +16,7 @@ from mdt4rec_core.envs.simulator import MODES, Mode
 from mdt4rec_core.errors import InputError
 
 POLICIES = ("random", "popularity")
+CHECKPOINT = "checkpoint:"
 
 
 def build_env(store_uri: str, dataset: str, protocol: Protocol) -> dict:
@@ -26,6 +28,11 @@ def build_env(store_uri: str, dataset: str, protocol: Protocol) -> dict:
 
 
 def make_policy(name: str, environment: Environment) -> Policy:
+    """``random``, ``popularity`` or ``checkpoint:<folder>`` (a trained model with stitched inference)."""
+    if name.startswith(CHECKPOINT):
+        from mdt4rec_core.inference.policy import CheckpointPolicy
+
+        return CheckpointPolicy(Path(name.removeprefix(CHECKPOINT)), environment.catalogue)
     if name == "random":
         return RandomPolicy(environment.info.items)
     if name == "popularity":
@@ -40,22 +47,26 @@ def evaluate_policy(
     _check_protocol(protocol)
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
-    if policy not in POLICIES:
-        raise InputError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)})")
+    if policy not in POLICIES and not policy.startswith(CHECKPOINT):
+        raise InputError(f"unknown policy {policy!r} (known: {', '.join(POLICIES)}, {CHECKPOINT}<folder>)")
     if episodes < 1 or seeds < 1:
         raise InputError("--episodes and --seeds must be at least 1")
     if dataset.startswith(sardine.PREFIX):
         return _evaluate_in_sardine(store_uri, dataset.removeprefix(sardine.PREFIX), policy, mode, episodes, seeds)
     environment, built = build_or_load(Store(store_uri), load_dataset_config(dataset), protocol)
+    chosen = make_policy(policy, environment)
     summary = evaluate(
         environment.rewards,
         environment.quit_rule,
         mode,
-        make_policy(policy, environment),
+        chosen,
         environment.start_users,
         episodes,
         list(range(seeds)),
     )
+    lengths = getattr(chosen, "chosen_lengths", None)
+    if lengths is not None:
+        summary["chosen_history_lengths"] = {int(k): v for k, v in sorted(lengths.items())}
     info = environment.info
     return {
         "env": dataset,
@@ -69,6 +80,8 @@ def evaluate_policy(
 
 
 def _evaluate_in_sardine(store_uri: str, env_id: str, policy: str, mode: Mode, episodes: int, seeds: int) -> dict:
+    if policy.startswith(CHECKPOINT):
+        raise InputError("checkpoint policies run in the dataset environments; SARDINE takes random or popularity")
     chosen: Policy = (
         RandomPolicy(sardine.items_of(env_id))
         if policy == "random"

@@ -1,0 +1,56 @@
+"""A trained checkpoint as a simulator policy: each step, the episodes' histories become search contexts and the
+stitched decision's first item is recommended. The chosen history lengths are counted for the histogram users want."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from mdt4rec_core.envs.simulator import Observation
+from mdt4rec_core.errors import InputError
+from mdt4rec_core.inference.recommend import DEFAULT_SEARCH, context_from_history
+from mdt4rec_core.inference.search import SearchConfig, search
+from mdt4rec_core.model.checkpoint import load_checkpoint
+
+
+class CheckpointPolicy:
+    """``environment_catalogue`` must list the same item ids in the same order as the checkpoint's; rewards seen in
+    the simulator are normalised with the training data's feedback range."""
+
+    def __init__(self, checkpoint: Path, environment_catalogue: pl.DataFrame, config: SearchConfig = DEFAULT_SEARCH):
+        self.model, catalogue, metadata = load_checkpoint(checkpoint)
+        if catalogue["item_id"].to_list() != environment_catalogue["item_id"].to_list():
+            raise InputError(
+                f"{checkpoint}: the checkpoint's catalogue ({catalogue.height:,} items) differs from the "
+                f"environment's ({environment_catalogue.height:,}); train on the same dataset snapshot"
+            )
+        self.low, self.high = metadata["feedback_min"], metadata["feedback_max"]
+        self.config = config
+        self.chosen_lengths: Counter[int] = Counter()
+
+    def act(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
+        span = self.high - self.low
+        contexts = []
+        for row in range(len(observation.users)):
+            steps = int(observation.steps[row])
+            rewards = observation.history_rewards[row, :steps]
+            rewards = np.clip((rewards - self.low) / span, 0, 1) if span > 0 else np.ones_like(rewards)
+            context = context_from_history(
+                observation.history[row, :steps],
+                rewards.astype(np.float32),
+                self.model.config.items,
+                self.model.config.state_length,
+                self.model.config.max_return,
+                exclude_seen=False,
+            )
+            if observation.allowed is not None:
+                context.forbidden = ~observation.allowed[row]
+            contexts.append(context)
+        decisions = search(
+            self.model, contexts, SearchConfig(**{**self.config.__dict__, "top_k": 1}), seed=int(rng.integers(2**31))
+        )
+        self.chosen_lengths.update(d.chosen_length for d in decisions)
+        return np.array([int(d.items[0]) for d in decisions])
