@@ -134,10 +134,11 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
+            loss = losses["total"].detach().item()
             windows += config.batch_size
-            history["train_loss"].append([step + 1, float(losses["total"])])
+            history["train_loss"].append([step + 1, loss])
             rate = windows / (time.perf_counter() - started)
-            progress.update(task, advance=1, loss=float(losses["total"]), rate=rate)
+            progress.update(task, advance=1, loss=loss, rate=rate)
             last = step + 1 == config.max_steps
             if rank == 0 and ((step + 1) % config.validate_every == 0 or last) and len(data.validation_episodes):
                 history["validation_loss"].append(

@@ -95,10 +95,15 @@ def sample_windows(
 
 
 def collate(
-    arrays: EpisodeArrays, episodes: np.ndarray, ends: np.ndarray, context: int, padding_side: PaddingSide
+    arrays: EpisodeArrays,
+    episodes: np.ndarray,
+    ends: np.ndarray,
+    context: int,
+    padding_side: PaddingSide,
+    lengths: np.ndarray | None = None,
 ) -> TrajectoryBatch:
-    """Windows of up to ``context`` steps ending at step ``ends[b]`` of episode ``episodes[b]``, padded to
-    ``context`` steps."""
+    """Windows ending at step ``ends[b]`` of episode ``episodes[b]``, padded to ``context`` steps; each holds
+    ``lengths[b]`` steps (default: as many as the episode has, up to ``context``)."""
     b, n, pad = len(episodes), arrays.state_items.shape[1], arrays.items
     items = np.full((b, context, n), pad, dtype=np.int64)
     feedback = np.zeros((b, context, n), dtype=np.float32)
@@ -108,7 +113,7 @@ def collate(
     timesteps = np.zeros((b, context), dtype=np.int64)
     step_mask = np.zeros((b, context), dtype=bool)
     for row, (episode, end) in enumerate(zip(episodes, ends, strict=True)):
-        length = min(int(end) + 1, context)
+        length = min(int(end) + 1, context) if lengths is None else int(lengths[row])
         source = slice(arrays.starts[episode] + end + 1 - length, arrays.starts[episode] + end + 1)
         target = slice(context - length, context) if padding_side == "left" else slice(0, length)
         items[row, target] = arrays.state_items[source]

@@ -20,7 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from mdt4rec_core.model.network import MDT4Rec, TrajectoryBatch
+from mdt4rec_core.data.windows import EpisodeArrays, collate
+from mdt4rec_core.model.network import MDT4Rec
 
 
 @dataclass(frozen=True)
@@ -76,43 +77,45 @@ def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[list[
 
     ``last_returns`` (rows,) replaces the current step's return-to-go of each row (pass 2); None keeps the running one.
     """
-    config = model.config
-    k, n, pad = config.context_steps, config.state_length, config.items
-    rows = sum(len(w) for w in lengths)
-    items = np.full((rows, k, n), pad, dtype=np.int64)
-    feedback = np.zeros((rows, k, n), dtype=np.float32)
-    item_mask = np.zeros((rows, k, n), dtype=bool)
-    returns = np.zeros((rows, k), dtype=np.float32)
-    actions = np.full((rows, k), pad, dtype=np.int64)
-    timesteps = np.zeros((rows, k), dtype=np.int64)
-    step_mask = np.zeros((rows, k), dtype=bool)
-    row = 0
-    for context, candidates in zip(contexts, lengths, strict=True):
-        t = context.steps - 1
-        for w in candidates:
-            source, target = slice(t + 1 - w, t + 1), slice(k - w, k)
-            width = min(n, context.state_items.shape[1])
-            items[row, target, :width] = context.state_items[source, :width]
-            feedback[row, target, :width] = context.state_feedback[source, :width]
-            item_mask[row, target, :width] = context.state_mask[source, :width]
-            returns[row, target] = context.returns_to_go[source]
-            actions[row, k - w : k - 1] = context.actions[t + 1 - w : t]
-            timesteps[row, target] = np.arange(t + 1 - w, t + 1)
-            step_mask[row, target] = True
-            row += 1
-    if last_returns is not None:
-        returns[:, -1] = last_returns
-    device = next(model.parameters()).device
-    as_tensor = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    return TrajectoryBatch(
-        as_tensor(items),
-        as_tensor(feedback),
-        as_tensor(item_mask),
-        as_tensor(returns),
-        as_tensor(actions),
-        as_tensor(timesteps),
-        as_tensor(step_mask),
+    pad = model.config.items
+    steps = np.array([c.steps for c in contexts])
+    arrays = EpisodeArrays(
+        starts=np.concatenate([[0], np.cumsum(steps)[:-1]]),
+        lengths=steps,
+        users=np.arange(len(contexts)),
+        state_items=np.concatenate([c.state_items for c in contexts]).astype(np.int64),
+        state_feedback=np.concatenate([c.state_feedback for c in contexts]).astype(np.float32),
+        state_mask=np.concatenate([c.state_mask for c in contexts]),
+        returns_to_go=np.concatenate([c.returns_to_go for c in contexts]).astype(np.float32),
+        actions=np.concatenate([np.append(c.actions, pad) for c in contexts]).astype(np.int64),  # a_t: unknown
+        timesteps=np.concatenate([np.arange(s) for s in steps]),
+        items=pad,
     )
+    per_user = [len(w) for w in lengths]
+    batch = collate(
+        arrays,
+        np.repeat(np.arange(len(contexts)), per_user),
+        np.repeat(steps - 1, per_user),
+        model.config.context_steps,
+        "left",
+        np.concatenate(lengths),
+    )
+    if last_returns is not None:
+        batch.returns_to_go[:, -1] = torch.as_tensor(last_returns)
+    device = next(model.parameters()).device
+    for name, value in vars(batch).items():
+        setattr(batch, name, value.to(device))
+    return batch
+
+
+def _plan(
+    model: MDT4Rec, contexts: list[EpisodeContext], config: SearchConfig, uniforms: np.ndarray | None, seed: int
+) -> tuple[list[list[int]], np.ndarray]:
+    """Candidate lengths per user, and one uniform draw per (user, candidate) for the expert sampling."""
+    lengths = [candidate_lengths(c.steps, model.config.context_steps, config.delta, config.search) for c in contexts]
+    if uniforms is None:
+        uniforms = np.random.default_rng(seed).random(sum(len(w) for w in lengths))
+    return lengths, uniforms
 
 
 def _conditioning(
@@ -140,10 +143,7 @@ def search(
     """Decisions for all ``contexts`` with two batched passes. ``uniforms`` (rows,) fixes the expert draws (one per
     (user, candidate) in order); by default they come from ``seed``."""
     model.eval()
-    lengths = [candidate_lengths(c.steps, model.config.context_steps, config.delta, config.search) for c in contexts]
-    rows = sum(len(w) for w in lengths)
-    if uniforms is None:
-        uniforms = np.random.default_rng(seed).random(rows)
+    lengths, uniforms = _plan(model, contexts, config, uniforms, seed)
     batch = _windows(model, contexts, lengths, None)
     if config.search:
         draws = torch.as_tensor(uniforms, device=batch.actions.device)
@@ -168,9 +168,7 @@ def search_one_at_a_time(
 ) -> list[Decision]:
     """The same decisions, one candidate per forward pass (the loop EDT's reference implementation runs)."""
     model.eval()
-    lengths = [candidate_lengths(c.steps, model.config.context_steps, config.delta, config.search) for c in contexts]
-    if uniforms is None:
-        uniforms = np.random.default_rng(seed).random(sum(len(w) for w in lengths))
+    lengths, uniforms = _plan(model, contexts, config, uniforms, seed)
     logits, max_returns, conditioned = [], [], []
     row = 0
     for context, candidates in zip(contexts, lengths, strict=True):
