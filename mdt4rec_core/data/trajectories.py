@@ -17,12 +17,10 @@ import polars as pl
 import pyarrow as pa
 
 from mdt4rec_core.config import DatasetConfig, TrajectoryConfig
-from mdt4rec_core.data.catalogue import item_catalogue
+from mdt4rec_core.data.catalogue import held_out, item_catalogue
 from mdt4rec_core.data.episodes import EpisodeRule, SessionRule, position_since, user_starts
 from mdt4rec_core.data.schema import FEEDBACK, ITEM_ID, TIMESTAMP, TRAJECTORY_SCHEMA, USER_ID
 from mdt4rec_core.data.store import Store
-from mdt4rec_core.envs.build import build_or_load, held_out
-from mdt4rec_core.envs.episodes import QuitRuleEpisodes
 from mdt4rec_core.errors import InputError
 
 BUILDER_VERSION = 1
@@ -102,6 +100,10 @@ def stored_episode_rule(store: Store, dataset: DatasetConfig, config: Trajectory
     ``config.protocol``, built or reused from the store)."""
     if config.cut_by == "session":
         return episode_rule(config)
+    # Imported here: the simulator (and torch with it) is only needed when episodes are cut by its quit rule.
+    from mdt4rec_core.envs.build import build_or_load
+    from mdt4rec_core.envs.episodes import QuitRuleEpisodes
+
     environment, _ = build_or_load(store, dataset, config.protocol)
     return QuitRuleEpisodes(environment.quit_rule, config.max_episode_steps, environment.info.version)
 

@@ -28,7 +28,7 @@ import polars as pl
 import torch
 
 from mdt4rec_core.config import DatasetConfig, EnvironmentSpec
-from mdt4rec_core.data.catalogue import item_catalogue
+from mdt4rec_core.data.catalogue import HELD_OUT_FRACTION, held_out, item_catalogue
 from mdt4rec_core.data.schema import FEEDBACK, ITEM_ID, USER_ID
 from mdt4rec_core.data.store import Store
 from mdt4rec_core.envs.ground_truth import FactorisationConfig, factorise
@@ -38,7 +38,6 @@ from mdt4rec_core.errors import InputError
 Protocol = Literal["paper", "strict"]
 PROTOCOLS: tuple[Protocol, ...] = ("paper", "strict")
 BUILDER_VERSION = 2
-HELD_OUT_FRACTION = 0.2
 DEFAULT_RECIPE = FactorisationConfig()
 
 
@@ -91,11 +90,6 @@ def environment_version(store: Store, dataset: DatasetConfig, protocol: Protocol
         "held_out": HELD_OUT_FRACTION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def held_out(user_id: pl.Expr) -> pl.Expr:
-    """True for the users the strict protocol holds out: a stable hash of the id, not the row order."""
-    return (user_id.hash(seed=7) % 1000) < int(HELD_OUT_FRACTION * 1000)
 
 
 def build_environment(
