@@ -37,13 +37,9 @@ def mdt4rec(*args, timeout=600, prefix=()):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
-def last_json(result):
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_tiny_preset_trains_and_the_checkpoint_round_trips(store, tmp_path):
-    summary = last_json(
+def train_tiny(store, out, steps, *extra):
+    """The tiny preset on the module's MovieLens-100K store; the run's summary."""
+    return last_json(
         mdt4rec(
             "train",
             "--store",
@@ -53,12 +49,22 @@ def test_tiny_preset_trains_and_the_checkpoint_round_trips(store, tmp_path):
             "--preset",
             "tiny",
             "--max-steps",
-            "120",
+            str(steps),
             "--out",
-            str(tmp_path / "run"),
+            str(out),
             "--json",
+            *extra,
         )
     )
+
+
+def last_json(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_tiny_preset_trains_and_the_checkpoint_round_trips(store, tmp_path):
+    summary = train_tiny(store, tmp_path / "run", 120)
     keys = {
         "steps",
         "train_loss_first",
@@ -159,22 +165,7 @@ def test_two_process_torchrun_gloo_step(store, tmp_path):
 
 def test_bad_checkpoints_and_requests_are_clear_errors(store, tmp_path):
     run = tmp_path / "run"
-    last_json(
-        mdt4rec(
-            "train",
-            "--store",
-            store,
-            "--dataset",
-            "ml-100k",
-            "--preset",
-            "tiny",
-            "--max-steps",
-            "2",
-            "--out",
-            str(run),
-            "--json",
-        )
-    )
+    train_tiny(store, run, 2)
     checkpoint = run / "checkpoint"
     with pytest.raises(InputError, match="unknown item id 'no-such-movie'"):
         recommend(checkpoint, ["1", "no-such-movie"], None, 5)
@@ -197,22 +188,7 @@ def test_a_checkpoint_is_a_policy_in_the_simulator(store, tmp_path):
     from mdt4rec_core.envs.api import evaluate_policy
 
     run = tmp_path / "run"
-    last_json(
-        mdt4rec(
-            "train",
-            "--store",
-            store,
-            "--dataset",
-            "ml-100k",
-            "--preset",
-            "tiny",
-            "--max-steps",
-            "20",
-            "--out",
-            str(run),
-            "--json",
-        )
-    )
+    train_tiny(store, run, 20)
     result = evaluate_policy(
         store, "ml-100k", f"checkpoint:{run / 'checkpoint'}", "NX_0", episodes=12, seeds=1, protocol="paper"
     )
