@@ -67,3 +67,41 @@ def test_policies_run_in_sardine_environments():
     again = sardine.run_episodes(ENV, RandomPolicy(1000), "NX_10", episodes=2, seed=0)
     assert np.array_equal(short.returns, again.returns)
     assert pl.Series(short.returns).dtype == pl.Float64
+
+
+def test_a_model_trained_on_sardine_logs_is_evaluated_in_sardine(tmp_path):
+    from mdt4rec_core.envs.api import evaluate_policy
+
+    store = str(tmp_path / "store")
+    for command in (
+        ["sardine-logs", "--env", ENV, "--users", "8", "--epsilon", "0.5", "--store", store, "--json"],
+        [
+            "train",
+            "--store",
+            store,
+            "--dataset",
+            sardine.dataset_name(ENV),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "10",
+            "--out",
+            str(tmp_path / "run"),
+            "--json",
+        ],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "mdt4rec_cli", *command], capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    report = evaluate_policy(
+        store,
+        "sardine:" + ENV,
+        f"checkpoint:{tmp_path / 'run' / 'checkpoint'}",
+        "NX_10",
+        episodes=3,
+        seeds=1,
+        protocol="paper",
+    )
+    assert report["episodes"] == 3 and report["Length"] == 10 and 0 <= report["R_cumu"] <= 10
+    assert sum(report["chosen_history_lengths"].values()) == 30

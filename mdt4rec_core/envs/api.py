@@ -80,15 +80,30 @@ def evaluate_policy(
 
 
 def _evaluate_in_sardine(store_uri: str, env_id: str, policy: str, mode: Mode, episodes: int, seeds: int) -> dict:
+    chosen: Policy
     if policy.startswith(CHECKPOINT):
-        raise InputError("checkpoint policies run in the dataset environments; SARDINE takes random or popularity")
-    chosen: Policy = (
-        RandomPolicy(sardine.items_of(env_id))
-        if policy == "random"
-        else PopularityPolicy(sardine.item_counts(Store(store_uri), env_id))
-    )
+        chosen = _sardine_checkpoint_policy(Store(store_uri), env_id, Path(policy.removeprefix(CHECKPOINT)))
+    elif policy == "random":
+        chosen = RandomPolicy(sardine.items_of(env_id))
+    else:
+        chosen = PopularityPolicy(sardine.item_counts(Store(store_uri), env_id))
     summary = sardine.evaluate(env_id, chosen, mode, episodes, list(range(seeds)))
+    lengths = getattr(chosen, "chosen_lengths", None)
+    if lengths is not None:
+        summary["chosen_history_lengths"] = {int(k): v for k, v in sorted(lengths.items())}
     return {"env": sardine.PREFIX + env_id, "policy": policy, "protocol": "sardine", **summary}
+
+
+def _sardine_checkpoint_policy(store: Store, env_id: str, checkpoint: Path) -> Policy:
+    """A checkpoint trained on the stored logs of ``env_id``, speaking SARDINE's item ids."""
+    from mdt4rec_core.data.trajectories import load_trajectories
+    from mdt4rec_core.inference.policy import CheckpointPolicy
+
+    trajectories = load_trajectories(store, sardine.dataset_name(env_id))
+    if trajectories is None:
+        raise InputError(f"no trajectories of {env_id} logs in {store.uri}: run mdt4rec sardine-logs, then train")
+    inner = CheckpointPolicy(checkpoint, trajectories.catalogue)
+    return sardine.CatalogueMappedPolicy(inner, trajectories.catalogue, sardine.items_of(env_id))
 
 
 def _check_protocol(protocol: str) -> None:

@@ -92,6 +92,32 @@ def run_episodes(env_id: str, policy: Policy, mode: Mode, episodes: int, seed: i
     )
 
 
+class CatalogueMappedPolicy:
+    """Runs a policy that speaks catalogue indices (a checkpoint trained on SARDINE logs) in a SARDINE environment,
+    whose actions are SARDINE's integer item ids: histories and masks are translated in, actions out. Items never
+    logged are not in the catalogue, so the policy never recommends them."""
+
+    def __init__(self, inner: Policy, catalogue: pl.DataFrame, n_items: int):
+        self.inner = inner
+        self.to_env = catalogue["item_id"].cast(pl.Int64).to_numpy()  # catalogue index -> SARDINE id
+        self.to_index = np.full(n_items, -1, dtype=np.int64)
+        self.to_index[self.to_env] = np.arange(len(self.to_env))
+        self.chosen_lengths = getattr(inner, "chosen_lengths", None)
+
+    def act(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
+        history = np.where(observation.history >= 0, self.to_index[np.maximum(observation.history, 0)], -1)
+        allowed = None if observation.allowed is None else observation.allowed[:, self.to_env]
+        translated = Observation(
+            observation.users,
+            observation.initial_items,
+            history,
+            observation.history_rewards,
+            observation.steps,
+            allowed,
+        )
+        return self.to_env[self.inner.act(translated, rng)]
+
+
 def evaluate(env_id: str, policy: Policy, mode: Mode, episodes: int, seeds: list[int]) -> dict:
     started = time.perf_counter()
     logs = [run_episodes(env_id, policy, mode, episodes, seed) for seed in seeds]
