@@ -64,9 +64,7 @@ def evaluate_policy(
         episodes,
         list(range(seeds)),
     )
-    lengths = getattr(chosen, "chosen_lengths", None)
-    if lengths is not None:
-        summary["chosen_history_lengths"] = {int(k): v for k, v in sorted(lengths.items())}
+    _add_length_histogram(summary, chosen)
     info = environment.info
     return {
         "env": dataset,
@@ -88,9 +86,7 @@ def _evaluate_in_sardine(store_uri: str, env_id: str, policy: str, mode: Mode, e
     else:
         chosen = PopularityPolicy(sardine.item_counts(Store(store_uri), env_id))
     summary = sardine.evaluate(env_id, chosen, mode, episodes, list(range(seeds)))
-    lengths = getattr(chosen, "chosen_lengths", None)
-    if lengths is not None:
-        summary["chosen_history_lengths"] = {int(k): v for k, v in sorted(lengths.items())}
+    _add_length_histogram(summary, chosen)
     return {"env": sardine.PREFIX + env_id, "policy": policy, "protocol": "sardine", **summary}
 
 
@@ -104,6 +100,13 @@ def _sardine_checkpoint_policy(store: Store, env_id: str, checkpoint: Path) -> P
         raise InputError(f"no trajectories of {env_id} logs in {store.uri}: run mdt4rec sardine-logs, then train")
     inner = CheckpointPolicy(checkpoint, trajectories.catalogue)
     return sardine.CatalogueMappedPolicy(inner, trajectories.catalogue, sardine.items_of(env_id))
+
+
+def _add_length_histogram(summary: dict, policy: Policy) -> None:
+    """Model policies count the history length their search chose at each decision: report the histogram."""
+    lengths = getattr(policy, "chosen_lengths", None)
+    if lengths is not None:
+        summary["chosen_history_lengths"] = {int(k): v for k, v in sorted(lengths.items())}
 
 
 def _check_protocol(protocol: str) -> None:
