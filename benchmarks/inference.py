@@ -1,8 +1,9 @@
 """Stitched decisions per second, cpu preset (SmolLM2, first 4 blocks, LoRA), 256 users, K 20, delta 2.
 
-Side by side in one run, on the same contexts: the batched search (all candidates of all users in one batch per
-pass), the one-candidate-at-a-time loop (batch size 1, as EDT's reference implementation), and plain DT without
-search (one pass over the full history). Weights are as initialised: speed does not depend on training.
+Side by side in one run, on the same contexts: the batched search (all candidates of all users packed into one batch
+per pass, run in slices of at most 4,096 tokens; and the same batch as one call), the one-candidate-at-a-time loop
+(batch size 1, as EDT's reference implementation), and plain DT without search (one pass over the full history, the
+same code path with one candidate per user). Weights are as initialised: speed does not depend on training.
 
     python benchmarks/inference.py [--users 256] [--steps 24]
 """
@@ -52,10 +53,12 @@ def main() -> None:
         for _ in range(args.users)
     ]
     search_config = SearchConfig(delta=2)
+    one_call = SearchConfig(delta=2, max_batch_tokens=None)
     timings = {}
     for name, run in (
         ("plain DT (no search)", lambda: search(model, contexts, SearchConfig(search=False))),
         ("batched search", lambda: search(model, contexts, search_config)),
+        ("batched, one call", lambda: search(model, contexts, one_call)),
         ("one-at-a-time loop", lambda: search_one_at_a_time(model, contexts, search_config)),
     ):
         run() if name != "one-at-a-time loop" else None  # warm-up

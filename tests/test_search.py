@@ -14,6 +14,7 @@ from mdt4rec_core.inference.search import (
 )
 from mdt4rec_core.model.config import BackboneConfig, ModelConfig
 from mdt4rec_core.model.network import MDT4Rec
+from mdt4rec_core.model.packing import pack_suffixes
 
 ITEMS, N, K = 25, 3, 6
 
@@ -67,13 +68,29 @@ def test_decide_takes_the_candidate_with_the_largest_estimate_and_masks_forbidde
     assert decision.chosen_length == 1 and decision.items.tolist() == [3, 2]  # item 4 is forbidden
 
 
-@pytest.mark.parametrize("kind", ["tiny-gpt2", "tiny-llama"])
-@pytest.mark.parametrize("conditioning", ["expectile", "expert_sample"])
-def test_batched_search_equals_the_one_at_a_time_loop(kind, conditioning):
+@pytest.mark.parametrize(
+    ("kind", "conditioning", "search_lengths", "max_batch_tokens"),
+    [
+        ("tiny-gpt2", "expectile", True, None),
+        ("tiny-gpt2", "expert_sample", True, 20),  # slices of one row
+        ("tiny-gpt2", "expert_sample", False, None),
+        ("tiny-llama", "expectile", True, 40),
+        ("tiny-llama", "expert_sample", True, None),
+        ("tiny-llama", "expert_sample", False, 4096),
+    ],
+)
+def test_batched_search_equals_the_one_at_a_time_loop(kind, conditioning, search_lengths, max_batch_tokens):
     model = _model(kind)
     rng = np.random.default_rng(0)
     contexts = [_context(rng, steps, forbid=steps % 2 == 0) for steps in (1, 2, 5, 6, 9, 14)]
-    config = SearchConfig(delta=2, conditioning=conditioning, kappa=2.0, top_k=5)
+    config = SearchConfig(
+        delta=2,
+        conditioning=conditioning,
+        kappa=2.0,
+        top_k=5,
+        search=search_lengths,
+        max_batch_tokens=max_batch_tokens,
+    )
     batched = search(model, contexts, config, seed=3)
     looped = search_one_at_a_time(model, contexts, config, seed=3)
     for fast, slow in zip(batched, looped, strict=True):
@@ -85,6 +102,32 @@ def test_batched_search_equals_the_one_at_a_time_loop(kind, conditioning):
     for decision, context in zip(batched, contexts, strict=True):
         if context.forbidden is not None:
             assert not context.forbidden[decision.items].any()
+
+
+def test_packing_keeps_each_candidate_to_its_own_tokens():
+    lengths = [[6, 4, 2], [5, 3, 1], [1]]
+    packed = pack_suffixes(lengths, K, torch.float32)
+    allowed = packed.prefix_mask[:, 0] == 0
+    rows, width = packed.positions.shape
+    assert width == 3 * 6 - 2  # the longest candidate fills a row
+    seen = []
+    for number, w in enumerate(w for user in lengths for w in user):
+        user = next(u for u, user_lengths in enumerate(lengths) if number < sum(map(len, lengths[: u + 1])))
+        row, last = divmod(int(packed.state_slot[number]), width)
+        first = last - (3 * w - 2) + 1
+        span = range(first, last + 1)
+        tokens = packed.token_index[row, first : last + 1].tolist()
+        assert tokens == list(range((user + 1) * 3 * K - 3 * w, (user + 1) * 3 * K - 2))  # the suffix, up to s_t
+        assert packed.positions[row, first : last + 1].tolist() == list(range(3 * w - 2))
+        # s_t sees exactly its own candidate's tokens; its R_t query sees them and itself
+        assert torch.nonzero(allowed[row, last]).flatten().tolist() == list(span)
+        query_row, slot = divmod(int(packed.query_slot[number]), packed.query_positions.shape[1])
+        assert query_row == row and int(packed.query_positions[row, slot]) == 3 * w - 2
+        visible = torch.nonzero(packed.query_mask[row, 0, slot] == 0).flatten().tolist()
+        assert visible == [*span, width + slot]
+        seen.extend((row, column) for column in span)
+    assert len(seen) == len(set(seen)) == sum(3 * w - 2 for user in lengths for w in user)
+    assert rows < len(seen) / width + 1.5  # best fit leaves little room empty
 
 
 def test_without_search_only_the_full_history_is_used():

@@ -7,9 +7,11 @@ itself (``expectile``) or a draw from the return-bin distribution reweighted tow
 proportional to exp(kappa R) p(R) (``expert_sample``). Pass 2 runs every candidate with that return-to-go and reads
 the action logits; the recommendation is the top-k of the candidate with the largest Rmax_w, forbidden items masked.
 
-All candidates of all users go through the network as one batch per pass, and pass 2 reuses pass 1's key/value cache
-up to s_t, so it runs a single token per candidate. ``search_one_at_a_time`` is the reference (batch size 1 per
-candidate, two full forward passes, as EDT's implementation does it) that tests and benchmarks compare against.
+All candidates of all users go through the network as one batch per pass: the candidates of a user are suffixes of
+one window, packed without padding under a block-diagonal causal mask (``mdt4rec_core.model.packing``), and pass 2
+runs only the R_t token of each candidate against pass 1's key/value cache. ``search_one_at_a_time`` is the
+reference (batch size 1 per candidate, two full forward passes, as EDT's implementation does it) that tests and
+benchmarks compare against.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class SearchConfig:
     kappa: float = 10.0
     top_k: int = 10
     search: bool = True  # False: the "-Max" ablation (full history, plain DT conditioning)
+    max_batch_tokens: int | None = 4096  # each pass runs its packed rows in slices of at most this many tokens
 
 
 @dataclass
@@ -72,11 +75,10 @@ def candidate_lengths(steps: int, context: int, delta: int, search: bool = True)
     return list(range(longest, 0, -delta)) if search else [longest]
 
 
-def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[list[int]], last_returns: np.ndarray | None):
-    """One TrajectoryBatch row per (user, candidate), left-padded to K steps; the current step's action is padding.
-
-    ``last_returns`` (rows,) replaces the current step's return-to-go of each row (pass 2); None keeps the running one.
-    """
+def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[int], last_returns: np.ndarray | None):
+    """One TrajectoryBatch row per context holding its last ``lengths[row]`` steps, left-padded to K steps; the
+    current step's action is padding. ``last_returns`` (rows,) replaces the current step's return-to-go (None keeps
+    the running one)."""
     pad = model.config.items
     steps = np.array([c.steps for c in contexts])
     arrays = EpisodeArrays(
@@ -91,15 +93,8 @@ def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[list[
         timesteps=np.concatenate([np.arange(s) for s in steps]),
         items=pad,
     )
-    per_user = [len(w) for w in lengths]
-    batch = collate(
-        arrays,
-        np.repeat(np.arange(len(contexts)), per_user),
-        np.repeat(steps - 1, per_user),
-        model.config.context_steps,
-        "left",
-        np.concatenate(lengths),
-    )
+    rows = np.arange(len(contexts))
+    batch = collate(arrays, rows, steps - 1, model.config.context_steps, "left", np.asarray(lengths))
     if last_returns is not None:
         batch.returns_to_go[:, -1] = torch.as_tensor(last_returns)
     device = next(model.parameters()).device
@@ -144,18 +139,20 @@ def search(
     (user, candidate) in order); by default they come from ``seed``."""
     model.eval()
     lengths, uniforms = _plan(model, contexts, config, uniforms, seed)
-    batch = _windows(model, contexts, lengths, None)
+    batch = _windows(model, contexts, [candidates[0] for candidates in lengths], None)
+    condition = None
     if config.search:
         draws = torch.as_tensor(uniforms, device=batch.actions.device)
-        first, logits, conditioned = model.decide(
-            batch, lambda max_return, bins: _conditioning(model, max_return, bins, config, draws)
-        )
-    else:
-        first, _, _ = model.decide(batch)
-        logits = first.action_logits[:, -1]
-        conditioned = torch.as_tensor([c.returns_to_go[-1] for c in contexts], dtype=torch.float32)
-    max_returns = first.max_return[:, -1]
-    return _decide(contexts, lengths, logits.cpu(), max_returns.cpu(), conditioned.cpu(), config)
+        condition = lambda max_return, bins: _conditioning(model, max_return, bins, config, draws)  # noqa: E731
+    output = model.decide(batch, lengths, condition, config.max_batch_tokens)
+    return _decide(
+        contexts,
+        lengths,
+        output.action_logits.cpu(),
+        output.max_return.cpu(),
+        output.returns_to_go.cpu(),
+        config,
+    )
 
 
 @torch.no_grad()
@@ -173,7 +170,7 @@ def search_one_at_a_time(
     row = 0
     for context, candidates in zip(contexts, lengths, strict=True):
         for w in candidates:
-            first = model(_windows(model, [context], [[w]], None), last_step_only=True)
+            first = model(_windows(model, [context], [w], None), last_step_only=True)
             if config.search:
                 value = _conditioning(
                     model,
@@ -182,7 +179,7 @@ def search_one_at_a_time(
                     config,
                     torch.as_tensor(uniforms[row : row + 1]),
                 )
-                second = model(_windows(model, [context], [[w]], value.numpy()), last_step_only=True)
+                second = model(_windows(model, [context], [w], value.numpy()), last_step_only=True)
                 logits.append(second.action_logits[:, -1])
                 max_returns.append(second.max_return[:, -1])
             else:

@@ -8,6 +8,8 @@ from pydantic import Field
 
 from mdt4rec_core.config import StrictModel
 
+TOKENS_PER_STEP = 3  # per trajectory step: state s_t, return-to-go R_t, action a_t, in that order
+
 
 class BackboneConfig(StrictModel):
     """The causal language model the trajectory tokens run through (via ``inputs_embeds``).

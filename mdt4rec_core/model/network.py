@@ -7,16 +7,16 @@ D item width (id embedding plus optional frozen text embedding).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mdt4rec_core.model.backbone import Backbone
-from mdt4rec_core.model.config import ModelConfig
+from mdt4rec_core.model.config import TOKENS_PER_STEP, ModelConfig
 from mdt4rec_core.model.embeddings import ResidualMLP, StateEncoder, token_embedding
-
-TOKENS_PER_STEP = 3
+from mdt4rec_core.model.packing import pack_suffixes
 
 
 @dataclass
@@ -45,6 +45,17 @@ class ModelOutput:
     action_logits: torch.Tensor
     max_return: torch.Tensor
     return_bin_logits: torch.Tensor
+
+
+@dataclass
+class DecisionOutput:
+    """Per candidate (C candidates, user by user): ``action_logits`` (C, I) read from R_t, ``max_return`` (C,) and
+    ``return_bin_logits`` (C, bins) read from s_t, ``returns_to_go`` (C,) the value R_t was conditioned on."""
+
+    action_logits: torch.Tensor
+    max_return: torch.Tensor
+    return_bin_logits: torch.Tensor
+    returns_to_go: torch.Tensor
 
 
 class MDT4Rec(nn.Module):
@@ -114,38 +125,62 @@ class MDT4Rec(nn.Module):
 
     @torch.no_grad()
     def decide(
-        self, batch: TrajectoryBatch, condition=None
-    ) -> tuple[ModelOutput, torch.Tensor | None, torch.Tensor | None]:
-        """Decision outputs at each window's last step t (windows left-padded, so t is the last column).
+        self,
+        batch: TrajectoryBatch,
+        lengths: Sequence[Sequence[int]],
+        condition=None,
+        max_batch_tokens: int | None = None,
+    ) -> DecisionOutput:
+        """Outputs of every candidate history length of every user, all candidates in one batch per pass.
 
-        Pass 1 reads Rmax and the return bins at s_t and the action logits at R_t under the running return-to-go.
-        With ``condition`` (a function (max_return (B,), bin_logits (B, bins)) -> return-to-go (B,)), pass 2 re-reads
-        the action logits at R_t conditioned on that value, reusing the prefix up to s_t from a key/value cache: only
-        one token per row runs again. Returns (pass-1 outputs with T = 1, pass-2 action logits (B, I) or None, the
-        return-to-go used in pass 2 or None).
+        ``batch`` holds one window per user, left-padded so that the decision step t is the last column;
+        ``lengths[u]`` are user u's candidate lengths w (each keeps the last w steps). Pass 1 runs the packed
+        candidates up to s_t (see ``packing``) and reads Rmax and the return bins there. The return-to-go of R_t is
+        the running one, or ``condition(max_return (C,), bin_logits (C, bins)) -> (C,)``; pass 2 runs only the C
+        R_t tokens against pass 1's key/value cache and reads the action logits. ``max_batch_tokens`` runs each pass
+        over the packed rows in slices of at most that many tokens (bounded activation memory; None: one call).
         """
-        tokens, token_mask, positions = self._tokens(batch)
-        prefix = tokens.shape[1] - 2  # up to and including s_t
-        hidden, cache = self.backbone.extend(tokens[:, :prefix], token_mask[:, :prefix], positions[:, :prefix])
-        state_hidden = hidden[:, -1]
+        b, t = batch.actions.shape
+        tokens, _, _ = self._tokens(batch)
+        width = tokens.shape[-1]
+        device = tokens.device
+        packed = pack_suffixes(lengths, t, tokens.dtype).to(device)
+        prefix = tokens.reshape(b * TOKENS_PER_STEP * t, width)[packed.token_index]
+        rows, columns = packed.positions.shape
+        step = rows if max_batch_tokens is None else max(1, max_batch_tokens // columns)
+        slices = [slice(start, start + step) for start in range(0, rows, step)]
+        hidden, caches = [], []
+        for part in slices:
+            part_hidden, cache = self.backbone.extend(prefix[part], packed.prefix_mask[part], packed.positions[part])
+            hidden.append(part_hidden)
+            caches.append(cache)
+        state_hidden = torch.cat(hidden).reshape(-1, width)[packed.state_slot]
         max_return = self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return
         bin_logits = self.return_bin_head(state_hidden)
-        catalogue = self._catalogue(batch.actions.device)
-        r_mask, r_position = token_mask[:, : prefix + 1], positions[:, prefix : prefix + 1]
-        return_hidden, cache = self.backbone.extend(tokens[:, prefix : prefix + 1], r_mask, r_position, cache)
-        first = ModelOutput(
-            action_logits=(self.action_head(return_hidden[:, 0]) @ catalogue.T).unsqueeze(1),
-            max_return=max_return.unsqueeze(1),
-            return_bin_logits=bin_logits.unsqueeze(1),
-        )
+        per_user = torch.as_tensor([len(user) for user in lengths], device=device)
         if condition is None:
-            return first, None, None
-        conditioned = condition(max_return, bin_logits)
-        cache.crop(-1)  # forget the running R_t: the cache holds the prefix up to s_t again
+            target = batch.returns_to_go[:, -1].repeat_interleave(per_user)
+        else:
+            target = condition(max_return, bin_logits)
         time = self.embed_timestep(batch.timesteps[:, -1].clamp(max=self.config.max_timestep))
-        token = self.norm(self.embed_return((conditioned / self.config.max_return).unsqueeze(-1)) + time)
-        return_hidden, _ = self.backbone.extend(token.unsqueeze(1), r_mask, r_position, cache)
-        return first, self.action_head(return_hidden[:, 0]) @ catalogue.T, conditioned
+        return_tokens = self.norm(
+            self.embed_return((target / self.config.max_return).unsqueeze(-1)) + time.repeat_interleave(per_user, 0)
+        )
+        queries = packed.query_positions.shape[1]
+        query_tokens = return_tokens.new_zeros(rows * queries, width)
+        query_tokens[packed.query_slot] = return_tokens
+        query_tokens = query_tokens.reshape(rows, queries, width)
+        return_hidden = [
+            self.backbone.extend(query_tokens[part], packed.query_mask[part], packed.query_positions[part], cache)[0]
+            for part, cache in zip(slices, caches, strict=True)
+        ]
+        action_hidden = torch.cat(return_hidden).reshape(-1, width)[packed.query_slot]
+        return DecisionOutput(
+            action_logits=self.action_head(action_hidden) @ self._catalogue(device).T,
+            max_return=max_return,
+            return_bin_logits=bin_logits,
+            returns_to_go=target,
+        )
 
     def parameter_counts(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.parameters())
