@@ -93,6 +93,9 @@ class DatasetConfig(StrictModel):
     items: SideTable | None = None
     users: SideTable | None = None
     environment: EnvironmentSpec = EnvironmentSpec()
+    landing: str | None = Field(
+        None, description="a folder where new files in the same format arrive; ingested after the dataset's own files"
+    )
 
 
 class TrajectoryConfig(StrictModel):
@@ -119,16 +122,45 @@ class IngestConfig(StrictModel):
     )
 
 
+class TrackingConfig(StrictModel):
+    """Where MLflow keeps runs and models when MLFLOW_TRACKING_URI is not set: an embedded sqlite file."""
+
+    uri: str = Field("sqlite:///mlflow.db", description="tracking and registry URI; MLFLOW_TRACKING_URI wins")
+    artifacts: str = Field("mlartifacts", description="artifact folder of experiments this project creates")
+    model_name: str = Field("mdt4rec", description="registered model name")
+
+
+class DeploymentConfig(StrictModel):
+    """The scheduled deployment of the ``train-mdt4rec`` flow."""
+
+    name: str = "nightly"
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    work_pool: str = "mdt4rec-process"
+
+
 class PipelineConfig(StrictModel):
-    """Everything one run of the data pipeline needs."""
+    """Everything one run of the pipeline needs."""
 
     dataset: str = "ml-1m"
     store: str = "store"
+    landing: str = Field("landing", description="new log files dropped in <landing>/<dataset>/ are ingested next run")
     ingest: IngestConfig = IngestConfig()
     trajectories: TrajectoryConfig = TrajectoryConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
 
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+def flatten_keys(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as (``a.b.c``, value) pairs, in order."""
+    items: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        items.extend(flatten_keys(value, f"{path}.") if isinstance(value, dict) else [(path, value)])
+    return items
 
 
 def parse_override(assignment: str) -> tuple[list[str], Any]:

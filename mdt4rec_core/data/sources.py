@@ -62,7 +62,17 @@ def interaction_files(dataset: DatasetConfig) -> list[Path]:
         files.extend(p for p in sorted(root.glob(pattern)) if p.is_file() and p not in files)
     if not files:
         raise InputError(f"{root}: no interaction files matching {', '.join(patterns)} (format {dataset.format})")
-    return files
+    return files + landed_files(dataset)
+
+
+def landed_files(dataset: DatasetConfig) -> list[Path]:
+    """Files of the dataset's format dropped in its landing folder or below it, in path order (a missing folder holds
+    none)."""
+    if dataset.landing is None or not Path(dataset.landing).is_dir():
+        return []
+    landing = Path(dataset.landing)
+    found = {p for pattern in FORMATS[dataset.format].files for p in landing.rglob(pattern) if p.is_file()}
+    return sorted(found)
 
 
 def side_table_path(dataset: DatasetConfig, file: str) -> Path:

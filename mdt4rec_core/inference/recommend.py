@@ -37,6 +37,51 @@ def context_from_history(
     return EpisodeContext(state_items, state_feedback, state_mask, returns, indices, forbidden)
 
 
+class Recommender:
+    """A checkpoint loaded once, answering recommendation requests (the command line and the MLflow model)."""
+
+    def __init__(self, checkpoint: Path, config: SearchConfig = DEFAULT_SEARCH):
+        self.model, self.catalogue, metadata = load_checkpoint(checkpoint)
+        self.index = dict(zip(self.catalogue["item_id"].to_list(), self.catalogue["index"].to_list(), strict=True))
+        self.ids = self.catalogue["item_id"].to_numpy()
+        self.low, self.high = metadata["feedback_min"], metadata["feedback_max"]
+        self.config = config
+
+    def recommend(self, history: list[str], feedback: list[float] | None, k: int, exclude_seen: bool = True) -> dict:
+        """Top-``k`` items for a user whose episode so far is ``history`` (item ids) with raw ``feedback``
+        (default: the top of the training feedback range)."""
+        if not history:
+            raise InputError("the history is empty: give at least one item the user interacted with")
+        if feedback is not None and len(feedback) != len(history):
+            raise InputError(f"feedback has {len(feedback)} values for {len(history)} history items")
+        if k < 1:
+            raise InputError(f"k must be at least 1 (got {k})")
+        unknown = [item for item in history if item not in self.index]
+        if unknown:
+            raise InputError(
+                f"unknown item id {unknown[0]!r} (not in the checkpoint's catalogue of {len(self.index):,} items)"
+            )
+        raw = np.asarray(feedback if feedback is not None else [self.high] * len(history), dtype=np.float64)
+        span = self.high - self.low
+        rewards = np.clip((raw - self.low) / span, 0, 1) if span > 0 else np.ones_like(raw)
+        config = self.model.config
+        context = context_from_history(
+            np.array([self.index[i] for i in history]),
+            rewards.astype(np.float32),
+            config.items,
+            config.state_length,
+            config.max_return,
+            exclude_seen,
+        )
+        decision = search(self.model, [context], SearchConfig(**{**self.config.__dict__, "top_k": k}))[0]
+        return {
+            "items": self.ids[decision.items].tolist(),
+            "chosen_history_length": decision.chosen_length,
+            "max_return_estimates": dict(zip(decision.lengths, decision.max_returns.round(4).tolist(), strict=True)),
+            "conditioned_return": float(decision.conditioned_returns[decision.lengths.index(decision.chosen_length)]),
+        }
+
+
 def recommend(
     checkpoint: Path,
     history: list[str],
@@ -45,33 +90,5 @@ def recommend(
     config: SearchConfig = DEFAULT_SEARCH,
     exclude_seen: bool = True,
 ) -> dict:
-    """Top-``k`` items for a user whose episode so far is ``history`` (item ids) with raw ``feedback`` (default:
-    the top of the training feedback range)."""
-    if not history:
-        raise InputError("the history is empty: give at least one item the user interacted with")
-    if feedback is not None and len(feedback) != len(history):
-        raise InputError(f"--feedback has {len(feedback)} values for {len(history)} history items")
-    model, catalogue, metadata = load_checkpoint(checkpoint)
-    index = dict(zip(catalogue["item_id"].to_list(), catalogue["index"].to_list(), strict=True))
-    unknown = [item for item in history if item not in index]
-    if unknown:
-        raise InputError(f"unknown item id {unknown[0]!r} (not in the checkpoint's catalogue of {len(index):,} items)")
-    low, high = metadata["feedback_min"], metadata["feedback_max"]
-    raw = np.asarray(feedback if feedback is not None else [high] * len(history), dtype=np.float64)
-    rewards = np.clip((raw - low) / (high - low), 0, 1) if high > low else np.ones_like(raw)
-    context = context_from_history(
-        np.array([index[i] for i in history]),
-        rewards.astype(np.float32),
-        model.config.items,
-        model.config.state_length,
-        model.config.max_return,
-        exclude_seen,
-    )
-    decision = search(model, [context], SearchConfig(**{**config.__dict__, "top_k": k}))[0]
-    ids = catalogue["item_id"].to_numpy()
-    return {
-        "items": ids[decision.items].tolist(),
-        "chosen_history_length": decision.chosen_length,
-        "max_return_estimates": dict(zip(decision.lengths, decision.max_returns.round(4).tolist(), strict=True)),
-        "conditioned_return": float(decision.conditioned_returns[decision.lengths.index(decision.chosen_length)]),
-    }
+    """One request against ``checkpoint`` (see ``Recommender.recommend``)."""
+    return Recommender(checkpoint, config).recommend(history, feedback, k, exclude_seen)

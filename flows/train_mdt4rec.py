@@ -1,0 +1,195 @@
+"""Flow ``train-mdt4rec``: new logs -> validated store -> trajectories -> simulators -> train -> evaluate -> register.
+
+Deployed as ``train-mdt4rec/nightly`` (``mdt4rec deploy`` or prefect.yaml). Each run ingests what arrived in the
+landing folder; a run with nothing new says so and trains nothing unless ``force``. The model is logged to MLflow
+and registered; the alias ``champion`` moves only when the new version beats the champion (tasks/tracking.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field
+
+from mdt4rec_core.config import resolve_dataset
+from mdt4rec_core.profiles import EvaluationPlan, Profile, RunPlan, ScaleConfig, load_run_plan
+from tasks import reporting, tracking, training
+from tasks.ingest import TASK_STEPS, run_ingest
+
+RUNS_DIR = Path("runs")
+
+
+class TrainRequest(BaseModel):
+    """The flow's parameters (the form in the Prefect UI; ``-p key=value`` on ``prefect deployment run``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: Profile = Field("cpu", description="conf/profiles/<profile>.yaml: smoke, cpu or paper")
+    dataset: str = Field("ml-1m", description="conf/datasets/<dataset>.yaml")
+    overrides: list[str] = Field(default_factory=list, description="key.path=value changes to the profile")
+    force: bool = Field(False, description="train even when no new data arrived")
+
+
+def _task(function, name: str):
+    return task(function, name=name, cache_policy=NO_CACHE)
+
+
+connect_tracking = _task(tracking.connect, "connect-tracking")
+prepare_environment = _task(training.prepare_environment, "prepare-environment")
+train_model = _task(training.train_model, "train")
+evaluate_checkpoint = _task(training.evaluate_checkpoint, "evaluate")
+champion_score = _task(training.champion_score, "evaluate-champion")
+
+
+@flow(name="train-mdt4rec", log_prints=True)
+def train_mdt4rec(
+    profile: Profile = "cpu", dataset: str = "ml-1m", overrides: list[str] | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Ingest, validate, train, evaluate and register MDT4Rec on ``dataset`` with the ``profile`` run plan."""
+    request = TrainRequest(profile=profile, dataset=dataset, overrides=list(overrides or []), force=force)
+    plan = load_run_plan(request.profile, request.dataset, request.overrides)
+    client = connect_tracking(plan.pipeline.tracking)
+    pipeline = plan.pipeline
+    source = resolve_dataset(pipeline.dataset).model_copy(
+        update={"landing": str(Path(pipeline.landing) / pipeline.dataset)}
+    )
+    ingest = run_ingest(pipeline, source, TASK_STEPS)
+    summary: dict[str, Any] = {"dataset": pipeline.dataset, "profile": plan.profile, "ingest": _ingest_view(ingest)}
+    name = pipeline.tracking.model_name
+    trained_before = tracking.versions_for(client, name, pipeline.dataset, ingest["trajectory_version"])
+    if ingest["files_ingested"] == 0 and trained_before and not request.force:
+        versions = ", ".join(v.version for v in trained_before)
+        summary["skipped"] = (
+            f"no new data: trajectory set {ingest['trajectory_version']} was already trained on "
+            f"(version {versions}); run with force=true to train again"
+        )
+        print(summary["skipped"])
+        _publish(summary)
+        return summary
+
+    environments = {p: prepare_environment(pipeline.store, pipeline.dataset, p) for p in plan.evaluation.protocols}
+    out = RUNS_DIR / pipeline.dataset / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"
+    trained = train_model(plan, out)
+    evaluations = evaluate_all.with_options(task_runner=task_runner(plan.scale))(
+        pipeline.store, pipeline.dataset, trained["checkpoint"], plan.evaluation
+    )
+    wanted = (plan.evaluation.gate.mode, plan.evaluation.gate.protocol)
+    gate_row = next(e for e in evaluations if (e["mode"], e["protocol"]) == wanted)
+    gate = tracking.Gate(
+        tracking.gate_key(
+            environments[gate_row["protocol"]]["version"],
+            gate_row["mode"],
+            gate_row["protocol"],
+            plan.evaluation.episodes,
+            plan.evaluation.seeds,
+        ),
+        float(gate_row["R_cumu"]),
+    )
+    registered = record_and_register(client, plan, ingest, trained, evaluations, gate)
+    summary.update(
+        training={k: v for k, v in trained.items() if k != "history"},
+        evaluation=reporting.evaluation_rows(evaluations),
+        registration=registered["registration"],
+        mlflow_run_id=registered["run_id"],
+        model_name=name,
+        tracking_uri=tracking.tracking_uri(pipeline.tracking),
+    )
+    _publish(summary)
+    return summary
+
+
+@flow(name="evaluate-checkpoint")
+def evaluate_all(store: str, dataset: str, checkpoint: str, evaluation: EvaluationPlan) -> list[dict[str, Any]]:
+    """Every (mode, protocol) of ``evaluation``, fanned out on the task runner; rows in plan order."""
+    futures = [
+        evaluate_checkpoint.submit(store, dataset, checkpoint, mode, protocol, evaluation.episodes, evaluation.seeds)
+        for protocol in evaluation.protocols
+        for mode in evaluation.modes
+    ]
+    return [future.result() for future in futures]
+
+
+def task_runner(scale: ScaleConfig):
+    """Threads by default; a local Dask cluster (prefect-dask) with ``scale.dask_workers`` processes on request."""
+    if scale.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": scale.dask_workers,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
+        )
+    return ThreadPoolTaskRunner()
+
+
+@task(name="record-and-register", cache_policy=NO_CACHE)
+def record_and_register(
+    client, plan: RunPlan, ingest: dict, trained: dict, evaluations: list[dict], gate: tracking.Gate
+) -> dict[str, Any]:
+    """Log the run to MLflow (params, per-step metrics, evaluation table, plots, GX summary, config), log the
+    checkpoint as a pyfunc model and register it through the promotion gate."""
+    pipeline = plan.pipeline
+    experiment = tracking.experiment_id(client, pipeline.dataset, pipeline.tracking)
+    run_id = tracking.record_run(
+        client,
+        experiment,
+        run_name=flow_run.get_name() or "local",
+        plan=plan,
+        ingest=ingest,
+        trained=trained,
+        evaluations=evaluations,
+        figures={
+            "plots/learning_curve.png": reporting.learning_curve(trained["history"]),
+            "plots/r_cumu_by_mode.png": reporting.returns_by_mode(evaluations),
+            "plots/chosen_history_lengths.png": reporting.history_lengths(evaluations),
+        },
+    )
+    model_uri = tracking.log_model(run_id, Path(trained["checkpoint"]))
+    tags = {
+        "dataset": pipeline.dataset,
+        "trajectory_version": ingest["trajectory_version"],
+        "profile": plan.profile,
+        "mlflow_run_id": run_id,
+    }
+
+    def score_of(champion) -> float | None:
+        with tempfile.TemporaryDirectory() as folder:
+            local = tracking.download_model(champion, Path(folder))
+            evaluation = plan.evaluation
+            return champion_score(
+                pipeline.store,
+                pipeline.dataset,
+                str(local / "artifacts" / "checkpoint"),
+                evaluation.gate.mode,
+                evaluation.gate.protocol,
+                evaluation.episodes,
+                evaluation.seeds,
+            )
+
+    registration = tracking.register(client, pipeline.tracking.model_name, model_uri, run_id, gate, tags, score_of)
+    client.set_tag(run_id, "registered_version", str(registration["version"]))
+    return {"run_id": run_id, "registration": registration}
+
+
+def _ingest_view(ingest: dict[str, Any]) -> dict[str, Any]:
+    keys = ("files_ingested", "files_skipped", "rows_read", "rows_accepted", "rows_quarantined", "trajectory_version")
+    return {key: ingest[key] for key in keys}
+
+
+def _publish(summary: dict[str, Any]) -> None:
+    """A markdown summary and a metrics table for the Prefect UI."""
+    key = "train-mdt4rec-" + "".join(c if c.isalnum() else "-" for c in summary["dataset"].lower())
+    create_markdown_artifact(markdown=reporting.summary_markdown(summary), key=key, description="Run summary")
+    if summary.get("evaluation"):
+        create_table_artifact(table=summary["evaluation"], key=f"{key}-metrics", description="Evaluation metrics")

@@ -1,0 +1,295 @@
+"""MLflow: one experiment per dataset, a run per training, the model registered as ``mdt4rec`` with a promotion gate.
+
+The alias ``champion`` moves to a new version only when it beats the current champion's R_cumu on the same
+environment, mode, protocol, episodes and seeds (the gate key); otherwise the version is tagged ``challenger``.
+Every alias move is recorded on the registered model (tag ``champion_history``) so that ``rollback`` can undo it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types.schema import Array
+
+from mdt4rec_core.config import TrackingConfig, flatten_keys
+from mdt4rec_core.errors import InputError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "champion_history"
+MODEL_CODE = Path(__file__).with_name("serving_model.py")
+SIGNATURE = ModelSignature(
+    inputs=Schema(
+        [
+            ColSpec(Array(DataType.string), "history"),
+            ColSpec(Array(DataType.double), "feedback", required=False),
+            ColSpec(DataType.long, "k", required=False),
+        ]
+    ),
+    outputs=Schema([ColSpec(Array(DataType.string), "items"), ColSpec(DataType.long, "chosen_history_length")]),
+)
+
+
+class TrackingUnavailable(InputError):
+    """The tracking server cannot be reached: nothing was trained or registered."""
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    """MLFLOW_TRACKING_URI, else the configured URI (a relative sqlite path is taken from the working directory)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str(Path(uri.removeprefix(prefix)).resolve())
+    return uri
+
+
+@contextlib.contextmanager
+def _no_retries() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+def connect(config: TrackingConfig) -> MlflowClient:
+    """A client for the tracking and registry URI, checked to answer (TrackingUnavailable otherwise)."""
+    uri = tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    with _no_retries():
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as error:  # connection refused, DNS, HTTP errors: all mean "not usable"
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            raise TrackingUnavailable(
+                f"MLflow at {uri} cannot be reached ({reason}); start it or set MLFLOW_TRACKING_URI"
+            ) from None
+    return client
+
+
+def experiment_id(client: MlflowClient, dataset: str, config: TrackingConfig) -> str:
+    """The experiment of ``dataset`` (created on first use; local artifacts under ``config.artifacts``)."""
+    name = f"mdt4rec-{dataset}"
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    local = not tracking_uri(config).startswith(("http://", "https://", "databricks"))
+    location = (Path(config.artifacts).resolve() / name).as_uri() if local else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What the gate compares: ``key`` names environment, mode, protocol, episodes and seeds; ``score`` is R_cumu."""
+
+    key: str
+    score: float
+
+
+def gate_key(environment_version: str, mode: str, protocol: str, episodes: int, seeds: int) -> str:
+    return f"{environment_version}/{mode}/{protocol}/episodes={episodes}/seeds={seeds}"
+
+
+def log_model(run_id: str, checkpoint: Path) -> str:
+    """Log ``checkpoint`` as the run's pyfunc model; its model URI."""
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"checkpoint": str(checkpoint)},
+            signature=SIGNATURE,
+            pip_requirements=[],  # served with --env-manager local, in the project's environment
+        )
+    return info.model_uri
+
+
+def register(
+    client: MlflowClient,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    gate: Gate,
+    tags: dict[str, str],
+    champion_score: Callable[[ModelVersion], float | None],
+) -> dict[str, Any]:
+    """Register ``model_uri`` as a new version of ``name`` and apply the promotion gate. A failure after the version
+    was created deletes it again: no half-registered version is left behind."""
+    with contextlib.suppress(MlflowException):
+        client.create_registered_model(name)
+    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    try:
+        client.set_model_version_tag(name, version.version, "gate_key", gate.key)
+        client.set_model_version_tag(name, version.version, "gate_score", repr(gate.score))
+        decision = _gate(client, name, version.version, gate, champion_score)
+    except BaseException:
+        client.delete_model_version(name, version.version)
+        raise
+    return {"version": int(version.version), **decision}
+
+
+def _gate(client, name: str, version: str, gate: Gate, champion_score) -> dict[str, Any]:
+    champion = current_champion(client, name)
+    if champion is None:
+        promote(client, name, version)
+        return {"promoted": True, "reason": "first version", "champion_score": None}
+    if champion.tags.get("gate_key") == gate.key:
+        theirs = float(champion.tags["gate_score"])
+    else:
+        theirs = champion_score(champion)
+    if theirs is None:
+        promote(client, name, version)
+        return {"promoted": True, "reason": "champion not comparable on this environment", "champion_score": None}
+    if gate.score > theirs:
+        promote(client, name, version)
+        return {"promoted": True, "reason": f"R_cumu {gate.score:.4f} > {theirs:.4f}", "champion_score": theirs}
+    client.set_model_version_tag(name, version, "role", CHALLENGER)
+    return {"promoted": False, "reason": f"R_cumu {gate.score:.4f} <= {theirs:.4f}", "champion_score": theirs}
+
+
+def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def promote(client: MlflowClient, name: str, version: str | int) -> dict[str, Any]:
+    """Point ``champion`` at ``version`` (by hand or by the gate), remembering the previous champion."""
+    client.get_model_version(name, str(version))  # raises for an unknown version
+    previous = current_champion(client, name)
+    history = _history(client, name)
+    if previous is not None and previous.version != str(version):
+        history.append(previous.version)
+        client.set_model_version_tag(name, previous.version, "role", CHALLENGER)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), "role", CHAMPION)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    return {"champion": int(version), "previous": int(previous.version) if previous else None}
+
+
+def rollback(client: MlflowClient, name: str) -> dict[str, Any]:
+    """Move ``champion`` back to the version it pointed at before its last move."""
+    history = _history(client, name)
+    if not history:
+        raise InputError(f"registered model {name!r} has no earlier champion to roll back to")
+    target = history.pop()
+    current = current_champion(client, name)
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_model_version_tag(name, target, "role", CHAMPION)
+    if current is not None:
+        client.set_model_version_tag(name, current.version, "role", CHALLENGER)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    return {"champion": int(target), "previous": int(current.version) if current else None}
+
+
+def _history(client: MlflowClient, name: str) -> list[str]:
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException as error:
+        raise InputError(f"no registered model {name!r} in {mlflow.get_tracking_uri()}") from error
+    return list(json.loads(tags.get(HISTORY_TAG, "[]")))
+
+
+def versions_for(client: MlflowClient, name: str, dataset: str, trajectory_version: str) -> list[ModelVersion]:
+    """Registered versions trained on exactly this trajectory set of ``dataset``."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    return [
+        v
+        for v in versions
+        if v.tags.get("dataset") == dataset and v.tags.get("trajectory_version") == trajectory_version
+    ]
+
+
+def record_run(
+    client: MlflowClient,
+    experiment: str,
+    run_name: str,
+    plan,
+    ingest: dict[str, Any],
+    trained: dict[str, Any],
+    evaluations: list[dict[str, Any]],
+    figures: dict[str, Any],
+) -> str:
+    """One MLflow run: parameters, per-step losses, evaluation metrics and table, plots, the GX summary, the config.
+    Returns the run id (the run is left finished)."""
+    from mlflow.entities import Metric, Param
+
+    from tasks.reporting import evaluation_rows
+
+    run = client.create_run(experiment, run_name=run_name, tags={"dataset": plan.pipeline.dataset})
+    run_id = run.info.run_id
+    try:
+        config = _run_config(plan)
+        params = [Param(key, str(value)[:6000]) for key, value in flatten_keys(config)]
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(name, float(value), now, int(step))
+            for name, key in (("train_loss", "train_loss"), ("validation_loss", "validation_loss"))
+            for step, value in trained["history"].get(key, [])
+        ]
+        for row in evaluations:
+            suffix = f"{row['mode']}_{row['protocol']}"
+            metrics += [Metric(f"{name}_{suffix}", float(row[name]), now, 0) for name in ("R_cumu", "Length", "R_avg")]
+            metrics.append(Metric(f"R_cumu_ci95_{suffix}", float(row["R_cumu_ci95"]), now, 0))
+        summary = {k: trained[k] for k in ("trainable_params", "total_params", "seconds", "windows_per_second")}
+        metrics += [Metric(f"train_{k}", float(v), now, 0) for k, v in summary.items() if v is not None]
+        for start in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[start : start + 100])
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        client.log_table(run_id, data=_frame(evaluation_rows(evaluations)), artifact_file="evaluation/table.json")
+        client.log_dict(run_id, evaluations, "evaluation/full.json")
+        for path, figure in figures.items():
+            client.log_figure(run_id, figure, path)
+        client.log_dict(run_id, config, "config.json")
+        client.log_dict(run_id, ingest["validation"], "validation/summary.json")
+        docs = {report["data_docs"] for checks in ingest["validation"].values() for report in checks}
+        for folder in sorted(d for d in docs if d and Path(d).is_dir()):
+            client.log_artifacts(run_id, folder, "validation/data_docs")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def download_model(version: ModelVersion, folder: Path) -> Path:
+    """The files of a registered version (MLmodel, artifacts/checkpoint/...) under ``folder``."""
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(folder)))
+
+
+def _run_config(plan) -> dict[str, Any]:
+    return {
+        "profile": plan.profile,
+        "pipeline": plan.pipeline.model_dump(),
+        "preset": plan.preset,
+        "preset_overrides": plan.preset_overrides,
+        "evaluation": plan.evaluation.model_dump(),
+        "scale": plan.scale.model_dump(),
+    }
+
+
+def _frame(rows: list[dict[str, Any]]):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
