@@ -28,7 +28,7 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 run: $(INSTALLED)
-	$(BIN)/mdt4rec pipeline --dataset ml-1m --store $(STORE)
+	$(BIN)/mdt4rec pipeline --dataset ml-1m --profile cpu
 
 test: $(INSTALLED)
 	$(BIN)/ruff check mdt4rec_core tasks flows mdt4rec_cli tests benchmarks

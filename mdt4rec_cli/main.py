@@ -132,21 +132,110 @@ def validate(
         raise typer.Exit(1)  # a failed suite is a finding about the stored data, not bad input to the command
 
 
+ProfileOption = typer.Option("cpu", "--profile", help="conf/profiles/<profile>.yaml: smoke, cpu or paper.")
+ProfileSetOption = typer.Option(
+    None, "--set", help="Override a profile key: --set train.max_steps=50, --set evaluation.episodes=20"
+)
+
+
 @app.command()
 def pipeline(
     dataset: str = DatasetOption,
-    store: str | None = StoreOption,
-    overrides: list[str] | None = SetOption,
+    profile: str = ProfileOption,
+    overrides: list[str] | None = ProfileSetOption,
+    force: bool = typer.Option(False, "--force", help="Train even when no new data arrived."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Run the pipeline flow in-process (Prefect's ephemeral API unless PREFECT_API_URL is set)."""
+    """Run the train-mdt4rec flow in-process: ingest, validate, train, evaluate, register (Prefect's ephemeral API
+    unless PREFECT_API_URL is set; MLflow on ./mlflow.db unless MLFLOW_TRACKING_URI is set)."""
 
     def command() -> dict[str, Any]:
-        from flows.ingest_logs import ingest_logs
+        from flows.train_mdt4rec import train_mdt4rec
+        from mdt4rec_core.profiles import load_run_plan
 
-        return ingest_logs(dataset=dataset, store=store, overrides=list(overrides or []))
+        load_run_plan(profile, dataset, list(overrides or []))  # bad input fails here, before Prefect starts
+        return train_mdt4rec(profile=profile, dataset=dataset, overrides=list(overrides or []), force=force)
 
-    _run(command, as_json, _render_ingest)
+    def render(r: dict[str, Any]) -> None:
+        from tasks.reporting import summary_markdown
+
+        console.print(summary_markdown(r), markup=False, highlight=False)
+        uri = r.get("tracking_uri")
+        if uri:
+            console.print(f"checkpoint: {r['training']['checkpoint']}", markup=False)
+            ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+            console.print(f"open the MLflow UI: {ui}  (then http://127.0.0.1:5000)", markup=False)
+
+    _run(command, as_json, render)
+
+
+@app.command()
+def deploy(
+    dataset: str = DatasetOption,
+    profile: str = ProfileOption,
+    cron: str | None = typer.Option(None, "--cron", help="Schedule (default: deployment.cron in conf/pipeline.yaml)."),
+    timezone: str | None = typer.Option(None, "--timezone", help="Timezone of the schedule (default: UTC)."),
+) -> None:
+    """Serve the train-mdt4rec/nightly deployment from this process (needs PREFECT_API_URL). Stopping it leaves the
+    schedule active; runs wait for the next serving process or a worker."""
+
+    def command() -> dict[str, Any]:
+        from prefect.schedules import Cron
+
+        from flows.train_mdt4rec import train_mdt4rec
+        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.errors import InputError
+        from mdt4rec_core.profiles import load_run_plan
+
+        if not os.environ.get("PREFECT_API_URL"):
+            raise InputError("PREFECT_API_URL is not set: start `prefect server start` and point at its /api")
+        load_run_plan(profile, dataset)
+        settings = load_pipeline_config().deployment
+        train_mdt4rec.serve(
+            name=settings.name,
+            schedules=[Cron(cron or settings.cron, timezone=timezone or settings.timezone)],
+            parameters={"profile": profile, "dataset": dataset},
+            global_limit=1,
+            pause_on_shutdown=False,
+        )
+        return {"deployment": f"train-mdt4rec/{settings.name}", "stopped": True}
+
+    _run(command, False, lambda r: console.print(f"{r['deployment']}: serving process stopped"))
+
+
+@app.command()
+def promote(
+    version: int = typer.Argument(..., help="The registered version to make champion."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Point the alias `champion` of the registered model at VERSION (MLFLOW_TRACKING_URI or ./mlflow.db)."""
+    _alias_command(lambda client, name: _tracking().promote(client, name, version), as_json)
+
+
+@app.command()
+def rollback(as_json: bool = JsonOption) -> None:
+    """Move the alias `champion` back to the version it pointed at before its last move."""
+    _alias_command(lambda client, name: _tracking().rollback(client, name), as_json)
+
+
+def _tracking():
+    from tasks import tracking
+
+    return tracking
+
+
+def _alias_command(move, as_json: bool) -> None:
+    def command() -> dict[str, Any]:
+        from mdt4rec_core.config import load_pipeline_config
+
+        settings = load_pipeline_config().tracking
+        client = _tracking().connect(settings)
+        return {"model": settings.model_name, **move(client, settings.model_name)}
+
+    def render(r: dict[str, Any]) -> None:
+        console.print(f"{r['model']}@champion -> version {r['champion']} (was {r['previous']})")
+
+    _run(command, as_json, render)
 
 
 @app.command("build-env")

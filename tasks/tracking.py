@@ -172,7 +172,10 @@ def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
 
 def promote(client: MlflowClient, name: str, version: str | int) -> dict[str, Any]:
     """Point ``champion`` at ``version`` (by hand or by the gate), remembering the previous champion."""
-    client.get_model_version(name, str(version))  # raises for an unknown version
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        raise InputError(f"registered model {name!r} has no version {version}") from None
     previous = current_champion(client, name)
     history = _history(client, name)
     if previous is not None and previous.version != str(version):
