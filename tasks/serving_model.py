@@ -1,7 +1,8 @@
 """The MLflow pyfunc model of a trained checkpoint (logged as code: loading it unpickles nothing).
 
-Input: one row per user, ``history`` (item ids, oldest first), optional ``feedback`` (raw feedback per history item)
-and ``k``. Output: ``items`` (the top-k item ids) and ``chosen_history_length`` (the stitched search's w*).
+Input: one row per user, ``history`` (item ids, oldest first) and optionally ``feedback`` (raw feedback per history
+item); the request parameter ``k`` (default 10). Output: ``items`` (the top-k item ids) and ``chosen_history_length``
+(the stitched search's w*).
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ class MDT4RecModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if "history" not in model_input.columns:
             raise MlflowException("each request row needs a 'history' (a list of item ids)", INVALID_PARAMETER_VALUE)
+        k = int((params or {}).get("k", DEFAULT_K))
         answers = []
         for row, record in enumerate(model_input.to_dict("records")):
             try:
                 answer = self.recommender.recommend(
-                    [str(item) for item in _as_list(record["history"])],
-                    _optional_list(record.get("feedback")),
-                    int(_present(record.get("k"), DEFAULT_K)),
+                    [str(item) for item in _as_list(record["history"])], _optional_list(record.get("feedback")), k
                 )
             except InputError as error:
                 raise MlflowException(f"row {row}: {error}", INVALID_PARAMETER_VALUE) from None

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 
 from mdt4rec_core.config import TrackingConfig, flatten_keys
@@ -36,10 +36,10 @@ SIGNATURE = ModelSignature(
         [
             ColSpec(Array(DataType.string), "history"),
             ColSpec(Array(DataType.double), "feedback", required=False),
-            ColSpec(DataType.long, "k", required=False),
         ]
     ),
     outputs=Schema([ColSpec(Array(DataType.string), "items"), ColSpec(DataType.long, "chosen_history_length")]),
+    params=ParamSchema([ParamSpec("k", DataType.long, 10)]),
 )
 
 
@@ -133,15 +133,15 @@ def register(
     was created deletes it again: no half-registered version is left behind."""
     with contextlib.suppress(MlflowException):
         client.create_registered_model(name)
-    version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
     try:
-        client.set_model_version_tag(name, version.version, "gate_key", gate.key)
-        client.set_model_version_tag(name, version.version, "gate_score", repr(gate.score))
-        decision = _gate(client, name, version.version, gate, champion_score)
+        client.set_model_version_tag(name, version, "gate_key", gate.key)
+        client.set_model_version_tag(name, version, "gate_score", repr(gate.score))
+        decision = _gate(client, name, version, gate, champion_score)
     except BaseException:
-        client.delete_model_version(name, version.version)
+        client.delete_model_version(name, version)
         raise
-    return {"version": int(version.version), **decision}
+    return {"version": int(version), **decision}
 
 
 def _gate(client, name: str, version: str, gate: Gate, champion_score) -> dict[str, Any]:
@@ -178,9 +178,9 @@ def promote(client: MlflowClient, name: str, version: str | int) -> dict[str, An
         raise InputError(f"registered model {name!r} has no version {version}") from None
     previous = current_champion(client, name)
     history = _history(client, name)
-    if previous is not None and previous.version != str(version):
-        history.append(previous.version)
-        client.set_model_version_tag(name, previous.version, "role", CHALLENGER)
+    if previous is not None and str(previous.version) != str(version):
+        history.append(str(previous.version))
+        client.set_model_version_tag(name, str(previous.version), "role", CHALLENGER)
     client.set_registered_model_alias(name, CHAMPION, str(version))
     client.set_model_version_tag(name, str(version), "role", CHAMPION)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
@@ -197,7 +197,7 @@ def rollback(client: MlflowClient, name: str) -> dict[str, Any]:
     client.set_registered_model_alias(name, CHAMPION, target)
     client.set_model_version_tag(name, target, "role", CHAMPION)
     if current is not None:
-        client.set_model_version_tag(name, current.version, "role", CHALLENGER)
+        client.set_model_version_tag(name, str(current.version), "role", CHALLENGER)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
     return {"champion": int(target), "previous": int(current.version) if current else None}
 
