@@ -5,8 +5,6 @@ landing folder; a run with nothing new says so and trains nothing unless ``force
 and registered; the alias ``champion`` moves only when the new version beats the champion (tasks/tracking.py).
 """
 
-from __future__ import annotations
-
 import datetime as dt
 import tempfile
 from pathlib import Path
@@ -177,7 +175,7 @@ def record_and_register(
                 evaluation.seeds,
             )
 
-    registration = tracking.register(client, pipeline.tracking.model_name, model_uri, run_id, gate, tags, score_of)
+    registration = tracking.register(client, pipeline.tracking.model_name, model_uri, gate, tags, score_of)
     client.set_tag(run_id, "registered_version", str(registration["version"]))
     return {"run_id": run_id, "registration": registration}
 

@@ -159,12 +159,12 @@ def pipeline(
     def render(r: dict[str, Any]) -> None:
         from tasks.reporting import summary_markdown
 
-        console.print(summary_markdown(r), markup=False, highlight=False)
+        console.print(summary_markdown(r), markup=False, highlight=False, soft_wrap=True)
         uri = r.get("tracking_uri")
         if uri:
-            console.print(f"checkpoint: {r['training']['checkpoint']}", markup=False)
+            console.print(f"checkpoint: {r['training']['checkpoint']}", markup=False, soft_wrap=True)
             ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-            console.print(f"open the MLflow UI: {ui}  (then http://127.0.0.1:5000)", markup=False)
+            console.print(f"open the MLflow UI: {ui}  (then http://127.0.0.1:5000)", markup=False, soft_wrap=True)
 
     _run(command, as_json, render)
 

@@ -124,16 +124,13 @@ def register(
     client: MlflowClient,
     name: str,
     model_uri: str,
-    run_id: str,
     gate: Gate,
     tags: dict[str, str],
     champion_score: Callable[[ModelVersion], float | None],
 ) -> dict[str, Any]:
     """Register ``model_uri`` as a new version of ``name`` and apply the promotion gate. A failure after the version
     was created deletes it again: no half-registered version is left behind."""
-    with contextlib.suppress(MlflowException):
-        client.create_registered_model(name)
-    version = str(client.create_model_version(name, model_uri, run_id=run_id, tags=tags).version)
+    version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     try:
         client.set_model_version_tag(name, version, "gate_key", gate.key)
         client.set_model_version_tag(name, version, "gate_score", repr(gate.score))
@@ -277,7 +274,8 @@ def record_run(
 
 
 def download_model(version: ModelVersion, folder: Path) -> Path:
-    """The files of a registered version (MLmodel, artifacts/checkpoint/...) under ``folder``."""
+    """The files of a registered version (MLmodel, artifacts/checkpoint/...) under ``folder``, from the registry
+    ``connect`` pointed MLflow at."""
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(folder)))
 
 

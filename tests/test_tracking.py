@@ -43,7 +43,7 @@ def _version(client, checkpoint, score, key="env/FB/paper/episodes=10/seeds=2", 
     model_uri = tracking.log_model(run_id, checkpoint)
     gate = tracking.Gate(key, score)
     tags = {"dataset": "ml-100k", "trajectory_version": "t1"}
-    return tracking.register(client, NAME, model_uri, run_id, gate, tags, champion_score or (lambda champion: None))
+    return tracking.register(client, NAME, model_uri, gate, tags, champion_score or (lambda champion: None))
 
 
 def _champion(client) -> int:

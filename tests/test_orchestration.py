@@ -1,0 +1,349 @@
+"""End to end against real servers on 127.0.0.1: a Prefect server, an MLflow server, the serving process started by
+``mdt4rec deploy`` and ``mlflow models serve``; each started here, polled for health and stopped by its PID.
+
+The tests run in file order on one store and one registry, as the nightly deployment would live through them.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+BIN = Path(sys.executable).parent
+DEPLOYMENT = "train-mdt4rec/nightly"
+MODEL = "mdt4rec"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start(command: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    handle = log.open("w")
+    return subprocess.Popen(command, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args[:3]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> int:
+    """SIGTERM (background jobs ignore SIGINT), a second one if needed, SIGKILL as the last resort."""
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            continue
+    return process.wait()
+
+
+@dataclass
+class Stack:
+    env: dict
+    work: Path
+    prefect_api: str
+    tracking_uri: str
+    logs: Path
+    deploy: subprocess.Popen
+
+    def run(self, *command: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            list(command),
+            env={**self.env, **(env or {})},
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def run_deployment(self, *parameters: str) -> subprocess.CompletedProcess:
+        arguments = [part for p in parameters for part in ("-p", p)]
+        return self.run(str(BIN / "prefect"), "deployment", "run", DEPLOYMENT, *arguments, "--watch")
+
+    @property
+    def mlflow(self) -> MlflowClient:
+        return MlflowClient(self.tracking_uri, self.tracking_uri)
+
+    def versions(self) -> list:
+        return sorted(self.mlflow.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version))
+
+    def champion(self) -> int:
+        return int(self.mlflow.get_model_version_by_alias(MODEL, "champion").version)
+
+    def deployment(self) -> dict:
+        return httpx.get(f"{self.prefect_api}/deployments/name/{DEPLOYMENT}", timeout=10).json()
+
+    def latest_summary(self) -> str:
+        body = {"artifacts": {"key": {"any_": ["train-mdt4rec-ml-100k"]}}, "sort": "CREATED_DESC", "limit": 1}
+        return httpx.post(f"{self.prefect_api}/artifacts/filter", json=body, timeout=10).json()[0]["data"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("orchestration")
+    work, logs = root / "work", root / "logs"
+    work.mkdir()
+    logs.mkdir()
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    servers = []
+    try:
+        prefect = _start(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            env,
+            work,
+            logs / "prefect.log",
+        )
+        servers.append(prefect)
+        mlflow = _start(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "mlartifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+            ],
+            env,
+            work,
+            logs / "mlflow.log",
+        )
+        servers.append(mlflow)
+        _wait_for(f"http://127.0.0.1:{prefect_port}/api/health", prefect, logs / "prefect.log")
+        _wait_for(f"http://127.0.0.1:{mlflow_port}/health", mlflow, logs / "mlflow.log")
+        deploy = _start(
+            [str(BIN / "mdt4rec"), "deploy", "--dataset", "ml-100k", "--profile", "smoke"],
+            env,
+            work,
+            logs / "deploy.log",
+        )
+        servers.append(deploy)
+        _wait_for(f"{env['PREFECT_API_URL']}/deployments/name/{DEPLOYMENT}", deploy, logs / "deploy.log")
+        yield Stack(env, work, env["PREFECT_API_URL"], env["MLFLOW_TRACKING_URI"], logs, deploy)
+    finally:
+        for process in reversed(servers):
+            _stop(process)
+
+
+def _landed_log(stack: Stack, name: str, rows: int, shift_seconds: int) -> Path:
+    """A new file in the landing folder: ``rows`` MovieLens-100K events replayed ``shift_seconds`` later."""
+    from mdt4rec_core.config import load_dataset_config
+    from mdt4rec_core.data.sources import interaction_files
+
+    lines = interaction_files(load_dataset_config("ml-100k"))[0].read_text().splitlines()
+    header, body = lines[0], lines[1 : rows + 1]
+    shifted = []
+    for line in body:
+        user, item, rating, timestamp = line.split("\t")
+        shifted.append(f"{user}\t{item}\t{rating}\t{int(float(timestamp)) + shift_seconds}")
+    path = stack.work / "landing" / "ml-100k" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *shifted]) + "\n")
+    return path
+
+
+def test_the_nightly_deployment_is_served_with_its_schedule_and_limit(stack):
+    deployment = stack.deployment()
+    assert deployment["paused"] is False
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
+    assert deployment["schedules"][0]["schedule"]["timezone"] == "UTC"
+    assert deployment["global_concurrency_limit"]["limit"] == 1
+    assert deployment["parameters"] == {"profile": "smoke", "dataset": "ml-100k"}
+
+
+def test_a_deployment_run_completes_and_registers_the_champion(stack):
+    result = stack.run_deployment("profile=smoke")
+    assert result.returncode == 0 and "Completed" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    experiment = stack.mlflow.get_experiment_by_name("mdt4rec-ml-100k")
+    (run,) = stack.mlflow.search_runs([experiment.experiment_id])
+    for mode in ("FB", "NX_0", "NX_10"):
+        for protocol in ("paper", "strict"):
+            assert run.data.metrics[f"R_cumu_{mode}_{protocol}"] > 0
+    assert len(stack.mlflow.get_metric_history(run.info.run_id, "train_loss")) == 30
+    plots = {a.path for a in stack.mlflow.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {f"plots/{n}.png" for n in ("learning_curve", "r_cumu_by_mode", "chosen_history_lengths")}
+    top = {a.path for a in stack.mlflow.list_artifacts(run.info.run_id)}
+    assert {"config.json", "evaluation", "validation", "plots"} <= top
+    assert [int(v.version) for v in stack.versions()] == [1] and stack.champion() == 1
+    assert "Registered `mdt4rec` version 1 as champion" in stack.latest_summary()
+
+
+def test_a_run_with_no_new_data_skips_training(stack):
+    result = stack.run_deployment("profile=smoke")
+    assert result.returncode == 0 and "Completed" in result.stdout, result.stdout[-3000:]
+    assert "Training skipped: no new data" in stack.latest_summary()
+    assert [int(v.version) for v in stack.versions()] == [1]
+
+
+def test_a_log_dropped_in_the_landing_folder_is_ingested_and_trained_on(stack):
+    _landed_log(stack, "2026-11-30.inter", rows=500, shift_seconds=10_000_000)
+    result = stack.run_deployment("profile=smoke")
+    assert result.returncode == 0 and "Completed" in result.stdout, result.stdout[-3000:]
+    first, second = stack.versions()
+    assert second.tags["trajectory_version"] != first.tags["trajectory_version"]
+    assert "1 new file(s), 500 rows accepted" in stack.latest_summary()
+
+
+def test_an_equal_or_worse_challenger_leaves_the_champion_where_it_was(stack):
+    champion = stack.champion()
+    result = stack.run_deployment("profile=smoke", "force=true")
+    assert result.returncode == 0 and "Completed" in result.stdout, result.stdout[-3000:]
+    newest = stack.versions()[-1]
+    assert int(newest.version) == 3 and newest.tags["role"] == "challenger"
+    assert stack.champion() == champion
+    assert "as challenger: R_cumu" in stack.latest_summary()
+
+
+def test_unknown_parameters_are_rejected_before_any_work(stack):
+    count_before = httpx.post(f"{stack.prefect_api}/flow_runs/count", json={}, timeout=10).json()
+    unknown_profile = stack.run_deployment("profile=huge")
+    assert unknown_profile.returncode != 0 and "profile" in unknown_profile.stdout + unknown_profile.stderr
+    assert httpx.post(f"{stack.prefect_api}/flow_runs/count", json={}, timeout=10).json() == count_before
+    override = stack.run(
+        str(BIN / "mdt4rec"), "pipeline", "--profile", "smoke", "-d", "ml-100k", "--set", "train.bogus=1"
+    )
+    assert override.returncode == 2 and "unknown configuration key 'train.bogus'" in override.stderr
+    assert httpx.post(f"{stack.prefect_api}/flow_runs/count", json={}, timeout=10).json() == count_before
+
+
+def test_stopping_the_serving_process_leaves_the_deployment_unpaused(stack):
+    _stop(stack.deploy)
+    deployment = stack.deployment()
+    assert deployment["paused"] is False and all(s["active"] for s in deployment["schedules"])
+
+
+def test_a_failing_validation_fails_the_flow_with_its_report_and_registers_nothing(stack):
+    bad = _landed_log(stack, "2026-12-01.inter", rows=20, shift_seconds=40 * 365 * 86400)  # events decades ahead
+    try:
+        result = stack.run(str(BIN / "mdt4rec"), "pipeline", "--profile", "smoke", "-d", "ml-100k")
+    finally:
+        bad.unlink()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "expect_column_max_to_be_between" in result.stderr and "Data Docs:" in result.stderr
+    assert [int(v.version) for v in stack.versions()] == [1, 2, 3]
+
+
+def test_an_unreachable_tracking_server_is_a_clear_error_and_registers_nothing(stack):
+    result = stack.run(
+        str(BIN / "mdt4rec"),
+        "pipeline",
+        "--profile",
+        "smoke",
+        "-d",
+        "ml-100k",
+        "--force",
+        env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"},
+    )
+    assert result.returncode == 2 and "cannot be reached" in result.stderr, result.stderr[-3000:]
+    assert [int(v.version) for v in stack.versions()] == [1, 2, 3]
+
+
+def test_the_champion_is_served_by_mlflow_models_serve(stack):
+    port = _free_port()
+    log = stack.logs / "serve.log"
+    serve = _start(
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stack.env,
+        stack.work,
+        log,
+    )
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/ping", serve, log)
+        request = {"dataframe_records": [{"history": ["242", "302"]}, {"history": ["51"]}], "params": {"k": 3}}
+        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=request, timeout=60)
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        assert [len(p["items"]) for p in predictions] == [3, 3]
+        assert all(p["chosen_history_length"] >= 1 for p in predictions)
+        unknown = httpx.post(
+            f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": [{"history": ["nope"]}]}, timeout=60
+        )
+        assert unknown.status_code == 400 and "unknown item id 'nope'" in unknown.text
+    finally:
+        _stop(serve)
+
+
+def test_evaluations_fan_out_on_a_two_worker_dask_cluster_with_the_same_figures(stack, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.train_mdt4rec import evaluate_all, task_runner
+    from mdt4rec_core.config import TrackingConfig
+    from mdt4rec_core.profiles import EvaluationPlan, ScaleConfig
+    from tasks.tracking import connect, download_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.tracking_uri)
+    client = connect(TrackingConfig())
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    checkpoint = download_model(champion, stack.work / "champion") / "artifacts" / "checkpoint"
+    plan = EvaluationPlan(modes=["FB", "NX_10"], protocols=["paper"], episodes=20, seeds=2)
+    store = str(stack.work / "store")
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}):  # the real server, not an ephemeral one
+        results = {
+            runner: evaluate_all.with_options(task_runner=task_runner(ScaleConfig(task_runner=runner)))(
+                store, "ml-100k", str(checkpoint), plan
+            )
+            for runner in ("threads", "dask")
+        }
+    assert [r["R_cumu"] for r in results["dask"]] == [r["R_cumu"] for r in results["threads"]]
+    assert [r["mode"] for r in results["dask"]] == ["FB", "NX_10"]
+
+
+def test_the_train_task_runs_under_torchrun_with_two_processes(stack, tmp_path):
+    from mdt4rec_core.profiles import load_run_plan
+    from tasks.training import train_model
+
+    store = stack.work / "store"
+    plan = load_run_plan(
+        "smoke", "ml-100k", ["scale.train_processes=2", "train.max_steps=4", f"pipeline.store={json.dumps(str(store))}"]
+    )
+    summary = train_model(plan, tmp_path / "ddp")
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").is_file()
