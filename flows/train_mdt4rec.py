@@ -32,7 +32,7 @@ class TrainRequest(BaseModel):
 
     profile: Profile = Field("cpu", description="conf/profiles/<profile>.yaml: smoke, cpu or paper")
     dataset: str = Field("ml-1m", description="conf/datasets/<dataset>.yaml")
-    overrides: list[str] = Field(default_factory=list, description="key.path=value changes to the profile")
+    overrides: list[str] | None = Field(None, description="key.path=value changes to the profile")
     force: bool = Field(False, description="train even when no new data arrived")
 
 
@@ -52,8 +52,8 @@ def train_mdt4rec(
     profile: Profile = "cpu", dataset: str = "ml-1m", overrides: list[str] | None = None, force: bool = False
 ) -> dict[str, Any]:
     """Ingest, validate, train, evaluate and register MDT4Rec on ``dataset`` with the ``profile`` run plan."""
-    request = TrainRequest(profile=profile, dataset=dataset, overrides=list(overrides or []), force=force)
-    plan = load_run_plan(request.profile, request.dataset, request.overrides)
+    request = TrainRequest(profile=profile, dataset=dataset, overrides=overrides, force=force)
+    plan = load_run_plan(request.profile, request.dataset, request.overrides or [])
     client = connect_tracking(plan.pipeline.tracking)
     pipeline = plan.pipeline
     source = resolve_dataset(pipeline.dataset).model_copy(

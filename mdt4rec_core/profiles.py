@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field
 
@@ -28,7 +28,7 @@ from mdt4rec_core.envs.build import Protocol
 from mdt4rec_core.envs.simulator import Mode
 
 Profile = Literal["smoke", "cpu", "paper"]
-PROFILES: tuple[str, ...] = ("smoke", "cpu", "paper")
+PROFILES: tuple[str, ...] = get_args(Profile)
 
 
 class GateConfig(StrictModel):
