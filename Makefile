@@ -39,6 +39,7 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/eval.py
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache
