@@ -202,6 +202,12 @@ def test_a_deployment_run_completes_and_registers_the_champion(stack):
     assert {"config.json", "evaluation", "validation", "plots"} <= top
     assert [int(v.version) for v in stack.versions()] == [1] and stack.champion() == 1
     assert "Registered `mdt4rec` version 1 as champion" in stack.latest_summary()
+    body = {"artifacts": {"key": {"any_": ["train-mdt4rec-ml-100k-metrics"]}}, "limit": 1}
+    (table,) = httpx.post(f"{stack.prefect_api}/artifacts/filter", json=body, timeout=10).json()
+    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert table["type"] == "table" and {(r["mode"], r["protocol"]) for r in rows} == {
+        (m, p) for m in ("FB", "NX_0", "NX_10") for p in ("paper", "strict")
+    }
 
 
 def test_a_run_with_no_new_data_skips_training(stack):
@@ -230,10 +236,24 @@ def test_an_equal_or_worse_challenger_leaves_the_champion_where_it_was(stack):
     assert "as challenger: R_cumu" in stack.latest_summary()
 
 
+def test_the_champion_alias_moves_by_hand_and_rolls_back(stack):
+    before = stack.champion()
+    promoted = stack.run(str(BIN / "mdt4rec"), "promote", "3", "--json")
+    assert promoted.returncode == 0, promoted.stderr[-2000:]
+    assert json.loads(promoted.stdout.strip().splitlines()[-1]) == {"model": MODEL, "champion": 3, "previous": before}
+    assert stack.champion() == 3
+    rolled = stack.run(str(BIN / "mdt4rec"), "rollback")
+    assert rolled.returncode == 0 and stack.champion() == before
+    unknown = stack.run(str(BIN / "mdt4rec"), "promote", "42")
+    assert unknown.returncode == 2 and "has no version 42" in unknown.stderr
+
+
 def test_unknown_parameters_are_rejected_before_any_work(stack):
     count_before = httpx.post(f"{stack.prefect_api}/flow_runs/count", json={}, timeout=10).json()
     unknown_profile = stack.run_deployment("profile=huge")
     assert unknown_profile.returncode != 0 and "profile" in unknown_profile.stdout + unknown_profile.stderr
+    unknown_parameter = stack.run_deployment("epochs=3")
+    assert unknown_parameter.returncode != 0 and "epochs" in unknown_parameter.stdout + unknown_parameter.stderr
     assert httpx.post(f"{stack.prefect_api}/flow_runs/count", json={}, timeout=10).json() == count_before
     override = stack.run(
         str(BIN / "mdt4rec"), "pipeline", "--profile", "smoke", "-d", "ml-100k", "--set", "train.bogus=1"
