@@ -58,13 +58,17 @@ def tracking_uri(config: TrackingConfig) -> str:
 
 @contextlib.contextmanager
 def _no_retries() -> Iterator[None]:
+    """Fail fast while checking the server: no retries with back-off, a short timeout."""
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
     try:
         yield
     finally:
         for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
 
 
 def connect(config: TrackingConfig) -> MlflowClient:
