@@ -64,7 +64,7 @@ def train_mdt4rec(
     name = pipeline.tracking.model_name
     trained_before = tracking.versions_for(client, name, pipeline.dataset, ingest["trajectory_version"])
     if ingest["files_ingested"] == 0 and trained_before and not request.force:
-        versions = ", ".join(v.version for v in trained_before)
+        versions = ", ".join(str(v.version) for v in trained_before)
         summary["skipped"] = (
             f"no new data: trajectory set {ingest['trajectory_version']} was already trained on "
             f"(version {versions}); run with force=true to train again"

@@ -47,15 +47,10 @@ def _as_list(value) -> list:
 
 
 def _optional_list(value) -> list[float] | None:
-    items = _as_list(value) if _present(value, None) is not None else None
-    return [float(v) for v in items] if items is not None else None
-
-
-def _present(value, default):
-    """``value`` unless it is missing (None or a NaN left by a column other rows filled)."""
+    """Feedback values, or None when the row has none (None, or the NaN a column other rows filled leaves)."""
     if value is None or (isinstance(value, float) and value != value):
-        return default
-    return value
+        return None
+    return [float(v) for v in _as_list(value)]
 
 
 mlflow.models.set_model(MDT4RecModel())
