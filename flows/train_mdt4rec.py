@@ -18,6 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from mdt4rec_core.config import resolve_dataset
+from mdt4rec_core.envs.api import build_env
 from mdt4rec_core.profiles import EvaluationPlan, Profile, RunPlan, ScaleConfig, load_run_plan
 from tasks import reporting, tracking, training
 from tasks.ingest import TASK_STEPS, run_ingest
@@ -41,7 +42,7 @@ def _task(function, name: str):
 
 
 connect_tracking = _task(tracking.connect, "connect-tracking")
-prepare_environment = _task(training.prepare_environment, "prepare-environment")
+prepare_environment = _task(build_env, "prepare-environment")
 train_model = _task(training.train_model, "train")
 evaluate_checkpoint = _task(training.evaluate_checkpoint, "evaluate")
 champion_score = _task(training.champion_score, "evaluate-champion")

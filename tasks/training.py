@@ -9,15 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mdt4rec_core.envs.api import build_env, evaluate_policy
+from mdt4rec_core.envs.api import evaluate_policy
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.profiles import RunPlan
 from mdt4rec_core.train import load_preset, train_on_store
-
-
-def prepare_environment(store_uri: str, dataset: str, protocol: str) -> dict[str, Any]:
-    """Build the simulator of ``dataset`` under ``protocol``, or reuse the one cached for the same data."""
-    return build_env(store_uri, dataset, protocol)
 
 
 def train_model(plan: RunPlan, out: Path) -> dict[str, Any]:

@@ -141,11 +141,11 @@ class Backbone(nn.Module):
 
     def extend(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None):
         """Run ``inputs_embeds`` (B, L', H) after the tokens held in ``cache`` (None: from the start).
-        ``attention_mask`` covers cached and new tokens: (B, L + L') padding mask, or a ready additive mask
-        (B, 1, L', L + L') for packed sequences. Returns (hidden (B, L', H), cache)."""
+        ``attention_mask`` (B, 1, L', L + L') is an additive mask over cached and new tokens (packed sequences
+        bring their own). Returns (hidden (B, L', H), cache)."""
         output = self.model.base_model(
             inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask if attention_mask.dim() == 4 else attention_mask.long(),
+            attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=True,
