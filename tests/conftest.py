@@ -13,6 +13,11 @@ from pathlib import Path  # noqa: E402
 
 import polars as pl  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests draw the same examples on every run: a CI failure can be reproduced, and a pass is not luck.
+settings.register_profile("deterministic", derandomize=True)
+settings.load_profile("deterministic")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

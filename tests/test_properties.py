@@ -4,7 +4,7 @@ import datetime as dt
 
 import numpy as np
 import polars as pl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mdt4rec_core.config import DatasetConfig, TrajectoryConfig
@@ -65,6 +65,7 @@ def _is_good(line: str) -> bool:
 
 
 @settings(max_examples=30, deadline=None)
+@example(feedback=[0.0, 2.2250738585e-313], users=1, max_steps=1, state_length=1)  # a range below normal floats
 @given(
     feedback=st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=60),
     users=st.integers(1, 4),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -118,6 +119,20 @@ def build_trajectories(interactions: pl.DataFrame, config: TrajectoryConfig, rul
     return TrajectorySet(steps, catalogue, summarise([steps], "", catalogue.height, low, high))
 
 
+def feedback_span(low: float, high: float) -> float | None:
+    """The width of the feedback range rewards are normalised by, or None when the range is a point (every reward
+    is then 1.0). A width below the smallest normal float counts as a point: dividing by it is not reliable (vectorised
+    kernels flush such values to zero)."""
+    span = high - low
+    return span if span >= sys.float_info.min else None
+
+
+def normalised_rewards(raw: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Raw feedback (any shape) as rewards in [0, 1] by the training data's range ``low``..``high``."""
+    span = feedback_span(low, high)
+    return np.clip((raw - low) / span, 0, 1) if span else np.ones_like(raw, dtype=np.float64)
+
+
 def make_steps(
     interactions: pl.DataFrame,
     config: TrajectoryConfig,
@@ -133,8 +148,8 @@ def make_steps(
     ``reward`` = feedback min-max normalised to [0, 1] by the given range (1.0 when the range is a point);
     ``return_to_go`` = sum of rewards from the step to the episode's end.
     """
-    span = feedback_max - feedback_min
-    reward = ((pl.col(FEEDBACK) - feedback_min) / span) if span > 0 else pl.lit(1.0)
+    span = feedback_span(feedback_min, feedback_max)
+    reward = ((pl.col(FEEDBACK) - feedback_min) / span) if span else pl.lit(1.0)
     events = (
         interactions.select(USER_ID, ITEM_ID, TIMESTAMP, FEEDBACK)
         .sort([USER_ID, TIMESTAMP, ITEM_ID])

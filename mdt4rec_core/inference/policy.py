@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mdt4rec_core.data.trajectories import normalised_rewards
 from mdt4rec_core.envs.simulator import Observation
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.inference.recommend import DEFAULT_SEARCH, context_from_history
@@ -32,12 +33,11 @@ class CheckpointPolicy:
         self.chosen_lengths: Counter[int] = Counter()
 
     def act(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
-        span = self.high - self.low
         contexts = []
         for row in range(len(observation.users)):
             steps = int(observation.steps[row])
             rewards = observation.history_rewards[row, :steps]
-            rewards = np.clip((rewards - self.low) / span, 0, 1) if span > 0 else np.ones_like(rewards)
+            rewards = normalised_rewards(rewards, self.low, self.high)
             context = context_from_history(
                 observation.history[row, :steps],
                 rewards.astype(np.float32),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mdt4rec_core.data.trajectories import normalised_rewards
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.inference.search import EpisodeContext, SearchConfig, search
 from mdt4rec_core.model.checkpoint import load_checkpoint
@@ -62,8 +63,7 @@ class Recommender:
                 f"unknown item id {unknown[0]!r} (not in the checkpoint's catalogue of {len(self.index):,} items)"
             )
         raw = np.asarray(feedback if feedback is not None else [self.high] * len(history), dtype=np.float64)
-        span = self.high - self.low
-        rewards = np.clip((raw - self.low) / span, 0, 1) if span > 0 else np.ones_like(raw)
+        rewards = normalised_rewards(raw, self.low, self.high)
         config = self.model.config
         context = context_from_history(
             np.array([self.index[i] for i in history]),
