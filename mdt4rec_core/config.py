@@ -92,7 +92,9 @@ class DatasetConfig(StrictModel):
     timestamp_unit: TimestampUnit = "auto"
     items: SideTable | None = None
     users: SideTable | None = None
-    environment: EnvironmentSpec = EnvironmentSpec()
+    environment: EnvironmentSpec | None = Field(
+        None, description="the dataset's simulator (quit rule); null: no simulator, episodes are cut by session"
+    )
     landing: str | None = Field(
         None, description="a folder where new files in the same format arrive; ingested after the dataset's own files"
     )
@@ -106,8 +108,13 @@ class TrajectoryConfig(StrictModel):
     session_gap_seconds: float | None = Field(
         None, gt=0, description="a pause longer than this starts a new episode; null disables the gap rule"
     )
-    cut_by: Literal["session", "quit_rule"] = Field(
-        "session", description="session: gaps and the step cap; quit_rule: replay through the simulator's quit rule"
+    cut_by: Literal["auto", "session", "quit_rule"] = Field(
+        "auto",
+        description="session: gaps and the step cap; quit_rule: replay through the simulator's quit rule (so returns "
+        "carry the leave signal); auto: quit_rule when the dataset has a simulator, else session",
+    )
+    item_factors: int = Field(
+        16, ge=0, description="width of the item vectors factorised from the training logs (0: none)"
     )
     protocol: Literal["paper", "strict"] = Field(
         "paper", description="strict leaves out the users held out for evaluation (and cuts by their simulator)"

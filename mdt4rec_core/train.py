@@ -41,6 +41,12 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(0.25, gt=0)
+    new_parameters_lr_scale: float = Field(
+        3.0, gt=0, description="learning-rate factor of the parameters outside the backbone (embeddings, heads)"
+    )
+    unconditioned_fraction: float = Field(
+        0.5, ge=0, lt=1, description="share of windows without returns-to-go (they train the max-return heads)"
+    )
     padding_side: Literal["left", "right"] = "left"
     validation_fraction: float = Field(0.05, ge=0, lt=1)
     validate_every: int = Field(100, ge=1)
@@ -61,6 +67,7 @@ class TrainingData:
     metadata: dict
     corpus: TextCorpus | None = None  # item texts for the language-model term (pre-trained backbones only)
     item_text: torch.Tensor | None = None  # (I, text_dim) frozen item text embeddings when the model uses them
+    item_factors: torch.Tensor | None = None  # (I, factor_dim) frozen item vectors from the logs when it uses them
 
 
 def training_data(
@@ -73,13 +80,22 @@ def training_data(
     return TrainingData(arrays, np.flatnonzero(~validation), np.flatnonzero(validation), catalogue, metadata)
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups chosen by parameter name: no decay for biases, norms and embeddings."""
-    decay, no_decay = [], []
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    """AdamW groups chosen by parameter name: no decay for biases, norms and embeddings; the parameters outside the
+    backbone (new, randomly initialised) learn ``new_parameters_lr_scale`` times faster than the backbone's."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (no_decay if any(tag in name for tag in NO_DECAY) else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            key = (any(tag in name for tag in NO_DECAY), not name.startswith("backbone."))
+            groups.setdefault(key, []).append(parameter)
+    return [
+        {
+            "params": params,
+            "weight_decay": 0.0 if no_decay else config.weight_decay,
+            "lr": config.learning_rate * (config.new_parameters_lr_scale if new else 1.0),
+        }
+        for (no_decay, new), params in sorted(groups.items())
+    ]
 
 
 def learning_rate_factor(step: int, config: TrainConfig) -> float:
@@ -97,11 +113,11 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
     device = (
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     )
-    model = MDT4Rec(model_config, data.item_text).to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.learning_rate)
+    model = MDT4Rec(model_config, data.item_text, data.item_factors).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
     state_file, checkpoint = out / "training_state.json", out / "checkpoint"
-    start, history = 0, {"train_loss": [], "validation_loss": []}
+    start, history = 0, {"train_loss": [], "validation_loss": [], "validation_action_ce": []}
     if state_file.is_file():
         start, history = _resume(model, optimizer, scheduler, out)
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -120,6 +136,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
                     model_config.context_steps,
                     rng,
                     config.padding_side,
+                    config.unconditioned_fraction,
                 ),
                 device,
             )
@@ -141,9 +158,9 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
             progress.update(task, advance=1, loss=loss, rate=rate)
             last = step + 1 == config.max_steps
             if rank == 0 and ((step + 1) % config.validate_every == 0 or last) and len(data.validation_episodes):
-                history["validation_loss"].append(
-                    [step + 1, validation_loss(model, data, model_config, config, device)]
-                )
+                validation = validation_losses(model, data, model_config, config, device)
+                history["validation_loss"].append([step + 1, validation["total"]])
+                history["validation_action_ce"].append([step + 1, validation["action"]])
             if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or last):
                 _save(model, optimizer, scheduler, data, out, step + 1, history)
     seconds = time.perf_counter() - started
@@ -157,6 +174,9 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
         "train_loss_first": losses_seen[0][1] if losses_seen else None,
         "train_loss_last": losses_seen[-1][1] if losses_seen else None,
         "val_loss": history["validation_loss"][-1][1] if history["validation_loss"] else None,
+        "val_action_ce": history["validation_action_ce"][-1][1] if history["validation_action_ce"] else None,
+        "popularity_action_ce": popularity_cross_entropy(data),
+        "uniform_action_ce": math.log(model_config.items),
         **counts,
         "windows_per_second": windows / seconds if seconds else None,
         "tokens_per_second": 3 * model_config.context_steps * windows / seconds if seconds else None,
@@ -167,28 +187,45 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
     }
 
 
-@torch.no_grad()
-def validation_loss(
-    model: MDT4Rec, data: TrainingData, model_config: ModelConfig, config: TrainConfig, device: torch.device
-) -> float:
-    """Mean total loss over fixed windows (the same ones at every validation) of the validation users."""
-    model.eval()
+def _validation_batches(data: TrainingData, model_config: ModelConfig, config: TrainConfig):
+    """The fixed validation windows (the same ones at every validation), every one conditioned on its returns."""
     rng = np.random.default_rng([config.seed, 999])
-    total = 0.0
     for _ in range(config.validation_batches):
-        batch = _to(
-            sample_windows(
-                data.arrays,
-                data.validation_episodes,
-                config.batch_size,
-                model_config.context_steps,
-                rng,
-                config.padding_side,
-            ),
-            device,
+        yield sample_windows(
+            data.arrays,
+            data.validation_episodes,
+            config.batch_size,
+            model_config.context_steps,
+            rng,
+            config.padding_side,
         )
-        total += float(trajectory_losses(model(batch), batch, model_config)["total"])
-    return total / config.validation_batches
+
+
+@torch.no_grad()
+def validation_losses(
+    model: MDT4Rec, data: TrainingData, model_config: ModelConfig, config: TrainConfig, device: torch.device
+) -> dict[str, float]:
+    """Mean ``total`` loss and held-out action cross-entropy (``action``, nats) over the validation windows."""
+    model.eval()
+    sums = {"total": 0.0, "action": 0.0}
+    for batch in _validation_batches(data, model_config, config):
+        losses = trajectory_losses(model(_to(batch, device)), batch, model_config)
+        for name in sums:
+            sums[name] += float(losses[name])
+    return {name: value / config.validation_batches for name, value in sums.items()}
+
+
+def popularity_cross_entropy(data: TrainingData) -> float | None:
+    """Held-out action cross-entropy (nats) of the training actions' frequencies (add-one smoothed) on the
+    validation episodes' steps: the bar a sequence model has to clear."""
+    if not len(data.validation_episodes):
+        return None
+    arrays = data.arrays
+    steps = lambda episodes: np.concatenate(  # noqa: E731
+        [np.arange(arrays.starts[e], arrays.starts[e] + arrays.lengths[e]) for e in episodes]
+    )
+    counts = np.bincount(arrays.actions[steps(data.train_episodes)], minlength=arrays.items) + 1.0
+    return float(-np.log(counts / counts.sum())[arrays.actions[steps(data.validation_episodes)]].mean())
 
 
 def _save(model, optimizer, scheduler, data: TrainingData, out: Path, step: int, history: dict) -> None:
@@ -202,6 +239,7 @@ def _save(model, optimizer, scheduler, data: TrainingData, out: Path, step: int,
 
 def _resume(model, optimizer, scheduler, out: Path) -> tuple[int, dict]:
     state = json.loads((out / "training_state.json").read_text())
+    state["history"].setdefault("validation_action_ce", [])
     restored, _, _ = load_checkpoint(out / "checkpoint")
     model.load_state_dict(saved_state(restored), strict=False)
     saved = torch.load(out / "optimizer.pt", weights_only=True)  # tensors and numbers only: nothing unpickled
@@ -253,14 +291,18 @@ def load_preset(name: str, overrides: list[str] = ()) -> Preset:
     return load_config(Preset, path, overrides)
 
 
-def model_config_for(preset: Preset, catalogue: pl.DataFrame, steps: pl.DataFrame) -> ModelConfig:
-    """The preset's network sized for the data: catalogue size, longest episode, largest return-to-go."""
+def model_config_for(
+    preset: Preset, catalogue: pl.DataFrame, steps: pl.DataFrame, item_factors: np.ndarray
+) -> ModelConfig:
+    """The preset's network sized for the data: catalogue size, longest episode, largest return-to-go, and the width
+    of the log-factorised item vectors (unless the preset sets ``factor_dim``: 0 leaves them out)."""
     from mdt4rec_core.config import build_model
 
     data = {
         "items": catalogue.height,
         "max_timestep": int(steps["step"].max()) + 1,
         "max_return": float(max(1.0, steps["return_to_go"].max())),
+        "factor_dim": item_factors.shape[1],
         **preset.model,
     }
     return build_model(ModelConfig, data, "preset model")
@@ -275,7 +317,15 @@ def train_on_store(store_uri: str, dataset: str, preset: Preset, out: Path) -> d
     trajectories = load_trajectories(Store(store_uri), dataset)
     if trajectories is None:
         raise InputError(f"dataset {dataset!r} has no trajectories in {store_uri}: run mdt4rec ingest first")
-    model_config = model_config_for(preset, trajectories.catalogue, trajectories.steps)
+    return train_on_trajectories(store_uri, dataset, trajectories, preset, out)
+
+
+def train_on_trajectories(store_uri: str, dataset: str, trajectories, preset: Preset, out: Path) -> dict:
+    """Train on ``trajectories`` (a TrajectorySet of ``dataset``; its item table, when stored, gives item texts)."""
+    from mdt4rec_core.data.store import Store
+    from mdt4rec_core.errors import InputError
+
+    model_config = model_config_for(preset, trajectories.catalogue, trajectories.steps, trajectories.item_factors)
     stats = trajectories.stats
     metadata = {
         "dataset": dataset,
@@ -284,6 +334,13 @@ def train_on_store(store_uri: str, dataset: str, preset: Preset, out: Path) -> d
         "feedback_max": stats.feedback_max,
     }
     data = training_data(trajectories.steps, trajectories.catalogue, model_config, preset.train, metadata)
+    if model_config.factor_dim:
+        if trajectories.item_factors.shape[1] != model_config.factor_dim:
+            raise InputError(
+                f"model.factor_dim {model_config.factor_dim} differs from the trajectory set's item factors "
+                f"({trajectories.item_factors.shape[1]}; set trajectories.item_factors)"
+            )
+        data = replace(data, item_factors=torch.as_tensor(trajectories.item_factors))
     items_table = f"items/dataset={dataset}/items.parquet"
     store = Store(store_uri)
     if store.exists(items_table):

@@ -36,6 +36,7 @@ def _batch(seed=0, b=2):
         actions=torch.randint(0, ITEMS, (b, T), generator=g),
         timesteps=torch.arange(T).repeat(b, 1),
         step_mask=torch.ones(b, T, dtype=torch.bool),
+        conditioned=torch.arange(b) % 2 == 0,
     )
 
 

@@ -63,7 +63,7 @@ def test_decide_takes_the_candidate_with_the_largest_estimate_and_masks_forbidde
     )
     logits = torch.tensor([[5.0, 4, 3, 2, 1], [0, 1, 2, 3, 9]])  # candidate w=3 prefers 0; w=1 prefers 4 then 3
     decision = _decide(
-        [context], [[3, 1]], logits, torch.tensor([1.0, 2.5]), torch.tensor([1.0, 2.5]), SearchConfig(top_k=2)
+        [context], [[3, 1]], logits, torch.tensor([1.0, 2.5]), torch.tensor([1.0, 2.5]), SearchConfig(top_k=2), 0
     )[0]
     assert decision.chosen_length == 1 and decision.items.tolist() == [3, 2]  # item 4 is forbidden
 
@@ -107,26 +107,24 @@ def test_batched_search_equals_the_one_at_a_time_loop(kind, conditioning, search
 def test_packing_keeps_each_candidate_to_its_own_tokens():
     lengths = [[6, 4, 2], [5, 3, 1], [1]]
     packed = pack_suffixes(lengths, K, torch.float32)
-    allowed = packed.prefix_mask[:, 0] == 0
+    allowed = packed.mask[:, 0] == 0
     rows, width = packed.positions.shape
-    assert width == 3 * 6 - 2  # the longest candidate fills a row
+    assert width == 3 * 6 - 1  # the longest candidate fills a row
     seen = []
     for number, w in enumerate(w for user in lengths for w in user):
         user = next(u for u, user_lengths in enumerate(lengths) if number < sum(map(len, lengths[: u + 1])))
-        row, last = divmod(int(packed.state_slot[number]), width)
-        first = last - (3 * w - 2) + 1
+        row, last = divmod(int(packed.return_slot[number]), width)
+        assert int(packed.state_slot[number]) == row * width + last - 1  # s_t comes right before R_t
+        first = last - (3 * w - 1) + 1
         span = range(first, last + 1)
         tokens = packed.token_index[row, first : last + 1].tolist()
-        assert tokens == list(range((user + 1) * 3 * K - 3 * w, (user + 1) * 3 * K - 2))  # the suffix, up to s_t
-        assert packed.positions[row, first : last + 1].tolist() == list(range(3 * w - 2))
-        # s_t sees exactly its own candidate's tokens; its R_t query sees them and itself
+        assert tokens == list(range((user + 1) * 3 * K - 3 * w, (user + 1) * 3 * K - 1))  # the suffix, up to R_t
+        assert packed.positions[row, first : last + 1].tolist() == list(range(3 * w - 1))
+        assert set(packed.candidate[row, first : last + 1].tolist()) == {number}
+        # R_t sees exactly its own candidate's tokens, and itself
         assert torch.nonzero(allowed[row, last]).flatten().tolist() == list(span)
-        query_row, slot = divmod(int(packed.query_slot[number]), packed.query_positions.shape[1])
-        assert query_row == row and int(packed.query_positions[row, slot]) == 3 * w - 2
-        visible = torch.nonzero(packed.query_mask[row, 0, slot] == 0).flatten().tolist()
-        assert visible == [*span, width + slot]
         seen.extend((row, column) for column in span)
-    assert len(seen) == len(set(seen)) == sum(3 * w - 2 for user in lengths for w in user)
+    assert len(seen) == len(set(seen)) == sum(3 * w - 1 for user in lengths for w in user)
     assert rows < len(seen) / width + 1.5  # best fit leaves little room empty
 
 

@@ -51,8 +51,10 @@ def test_steps_states_rewards_and_returns_by_hand():
     assert a["reward"].to_list() == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])  # (f - 1) / (5 - 1)
     assert a["return_to_go"].to_list() == pytest.approx([0.75, 0.75, 0.5, 1.75, 1.0])
     assert a["done"].to_list() == [False, False, True, False, True]
-    assert a["state_items"].to_list() == [[], [index["x1"]], [index["x1"], index["x2"]], [], [index["x4"]]]
-    assert a["state_feedback"].to_list() == [[], [0.0], [0.0, 0.25], [], [0.75]]
+    # Episode 1 starts from its initial item x3 (the item that ended episode 0), whose feedback is hidden (0).
+    x1, x2, x3, x4 = (index[f"x{k}"] for k in range(1, 5))
+    assert a["state_items"].to_list() == [[], [x1], [x1, x2], [x3], [x3, x4]]
+    assert a["state_feedback"].to_list() == [[], [0.0], [0.0, 0.25], [0.0], [0.0, 0.75]]
     b = steps.filter(pl.col("user_id") == "b")
     assert b["episode"].to_list() == [0, 0] and b["done"].to_list() == [False, True]
     assert b["return_to_go"].to_list() == pytest.approx([1.0, 0.0])

@@ -2,8 +2,8 @@
 
 The result is versioned by a hash of its inputs (the dataset's ingested files and the build configuration) and
 stored under ``trajectories/dataset=<name>/version=<hash>/`` (``steps/part-*.parquet``, ``catalogue.parquet``,
-``build.json``); an unchanged version is reused, never rebuilt. Large logs are built in buckets of users, so memory
-stays bounded by a bucket.
+``item_factors.parquet``, ``build.json``); an unchanged version is reused, never rebuilt. Large logs are built in
+buckets of users, so memory stays bounded by a bucket.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import pyarrow as pa
 from mdt4rec_core.config import DatasetConfig, TrajectoryConfig
 from mdt4rec_core.data.catalogue import held_out, item_catalogue
 from mdt4rec_core.data.episodes import EpisodeRule, SessionRule, position_since, user_starts
+from mdt4rec_core.data.item_factors import factorise_items
 from mdt4rec_core.data.schema import FEEDBACK, ITEM_ID, TIMESTAMP, TRAJECTORY_SCHEMA, USER_ID
 from mdt4rec_core.data.store import Store
 from mdt4rec_core.errors import InputError
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 """Bumped whenever the builder's output changes for the same inputs."""
 
 
@@ -42,11 +43,13 @@ class TrajectoryStats:
 
 @dataclass(frozen=True)
 class TrajectorySet:
-    """``steps`` follows TRAJECTORY_SCHEMA; ``catalogue`` maps ``item_id`` to its ``index`` (0..items-1)."""
+    """``steps`` follows TRAJECTORY_SCHEMA; ``catalogue`` maps ``item_id`` to its ``index`` (0..items-1);
+    ``item_factors`` (items, config.item_factors) float32: item vectors factorised from the steps' logged feedback."""
 
     steps: pl.DataFrame
     catalogue: pl.DataFrame
     stats: TrajectoryStats
+    item_factors: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,11 @@ def episode_rule(config: TrajectoryConfig) -> EpisodeRule:
 
 def stored_episode_rule(store: Store, dataset: DatasetConfig, config: TrajectoryConfig) -> EpisodeRule:
     """``config.cut_by``: ``session``, or ``quit_rule`` (the quit rule of the dataset's environment under
-    ``config.protocol``, built or reused from the store)."""
-    if config.cut_by == "session":
+    ``config.protocol``, built or reused from the store); ``auto`` is ``quit_rule`` for a dataset with a simulator."""
+    cut_by = config.cut_by
+    if cut_by == "auto":
+        cut_by = "session" if dataset.environment is None else "quit_rule"
+    if cut_by == "session":
         return episode_rule(config)
     # Imported here: the simulator (and torch with it) is only needed when episodes are cut by its quit rule.
     from mdt4rec_core.envs.build import build_or_load
@@ -116,7 +122,15 @@ def build_trajectories(interactions: pl.DataFrame, config: TrajectoryConfig, rul
     catalogue = item_catalogue(interactions[ITEM_ID])
     low, high = float(interactions[FEEDBACK].min()), float(interactions[FEEDBACK].max())
     steps = make_steps(interactions, config, rule, catalogue, low, high)
-    return TrajectorySet(steps, catalogue, summarise([steps], "", catalogue.height, low, high))
+    factors = logged_item_factors(steps, catalogue.height, config.item_factors)
+    return TrajectorySet(steps, catalogue, summarise([steps], "", catalogue.height, low, high), factors)
+
+
+def logged_item_factors(steps: pl.DataFrame, items: int, dim: int) -> np.ndarray:
+    """(items, dim) item vectors factorised from the logged feedback of ``steps`` (see ``item_factors``)."""
+    return factorise_items(
+        steps[USER_ID].to_numpy(), steps["action"].to_numpy(), steps[FEEDBACK].to_numpy(), items, dim
+    )
 
 
 def feedback_span(low: float, high: float) -> float | None:
@@ -144,7 +158,10 @@ def make_steps(
     """Turn events (user_id, item_id, timestamp, feedback) into steps following TRAJECTORY_SCHEMA.
 
     Per user and in time order: the episode index from ``rule``; ``state_items``/``state_feedback`` = the last
-    ``config.state_length`` actions of the same episode and their rewards (oldest first, empty at step 0);
+    ``config.state_length`` items of the episode and their rewards, oldest first, where the episode's items are its
+    initial item (the user's previous logged item, which ended the previous episode; none for the user's first
+    episode) followed by its actions. The initial item's feedback is 0, as in a simulator, which reveals no reward
+    for it;
     ``reward`` = feedback min-max normalised to [0, 1] by the given range (1.0 when the range is a point);
     ``return_to_go`` = sum of rewards from the step to the episode's end.
     """
@@ -169,11 +186,14 @@ def make_steps(
         (suffix - next_start_suffix).alias("return_to_go"),
         pl.col("_start").shift(-1).fill_null(True).alias("done"),
     )
-    state_lengths = np.minimum(events["step"].to_numpy(), config.state_length)
+    has_initial = events["episode"].to_numpy() > 0
+    state_lengths = np.minimum(events["step"].to_numpy() + has_initial, config.state_length)
+    # A done row's action is seen in states only as the next episode's initial item, whose feedback is hidden.
+    state_rewards = events.select(pl.when(pl.col("done")).then(0.0).otherwise(pl.col("reward")).cast(pl.Float32))
     return (
         events.with_columns(
             trailing_windows(events["action"], state_lengths).alias("state_items"),
-            trailing_windows(events["reward"], state_lengths).alias("state_feedback"),
+            trailing_windows(state_rewards.to_series(), state_lengths).alias("state_feedback"),
         )
         .select(list(TRAJECTORY_SCHEMA))
         .cast(TRAJECTORY_SCHEMA)
@@ -257,8 +277,14 @@ def save_bucket(store: Store, plan: TrajectoryPlan, bucket: int, steps: pl.DataF
 
 
 def finish_build(store: Store, plan: TrajectoryPlan, stats: TrajectoryStats) -> None:
-    """Write the catalogue, then build.json (a version without build.json is incomplete), then point CURRENT at it."""
+    """Write the catalogue and the item factors of the saved steps, then build.json (a version without build.json
+    is incomplete), then point CURRENT at it."""
     store.write_parquet(plan.catalogue, f"{plan.folder}/catalogue.parquet")
+    logged = pl.read_parquet(
+        [store.url(p) for p in store.files(f"{plan.folder}/steps", ".parquet")], columns=[USER_ID, "action", FEEDBACK]
+    )
+    factors = logged_item_factors(logged, plan.catalogue.height, plan.config.item_factors)
+    store.write_parquet(pl.DataFrame({"vector": factors}), f"{plan.folder}/item_factors.parquet")
     store.write_json(asdict(stats), f"{plan.folder}/build.json")
     store.write_json({"version": plan.version}, f"trajectories/dataset={plan.dataset}/CURRENT.json")
 
@@ -282,4 +308,7 @@ def load_trajectories(store: Store, dataset: str, version: str | None = None) ->
     folder = trajectory_dir(dataset, stats.version)
     steps = pl.read_parquet([store.url(p) for p in store.files(f"{folder}/steps", ".parquet")])
     catalogue = pl.read_parquet(store.url(f"{folder}/catalogue.parquet"))
-    return TrajectorySet(steps, catalogue, stats)
+    factors = pl.read_parquet(store.url(f"{folder}/item_factors.parquet"))["vector"]
+    width = factors.dtype.size if isinstance(factors.dtype, pl.Array) else 0
+    item_factors = factors.to_numpy().astype(np.float32).reshape(catalogue.height, width)
+    return TrajectorySet(steps, catalogue, stats, item_factors)

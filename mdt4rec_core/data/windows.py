@@ -85,13 +85,18 @@ def sample_windows(
     context: int,
     rng: np.random.Generator,
     padding_side: PaddingSide = "left",
+    unconditioned_fraction: float = 0.0,
 ) -> TrajectoryBatch:
-    """``batch_size`` windows: an episode from ``episodes`` (indices, drawn in proportion to their lengths) and a
-    uniformly drawn last step; the window holds up to ``context`` steps ending there."""
+    """``batch_size`` windows: an episode from ``episodes`` (indices, drawn in proportion to their lengths), a
+    uniformly drawn last step, and a first step drawn uniformly among the ``context`` steps up to it, so windows start
+    at any step of an episode (the short histories the search compares are trained on). A fraction
+    ``unconditioned_fraction`` of the windows (drawn independently) carry no returns-to-go (``conditioned`` false)."""
     weights = arrays.lengths[episodes] / arrays.lengths[episodes].sum()
     chosen = rng.choice(episodes, size=batch_size, p=weights)
     ends = (rng.random(batch_size) * arrays.lengths[chosen]).astype(np.int64)
-    return collate(arrays, chosen, ends, context, padding_side)
+    lengths = 1 + (rng.random(batch_size) * np.minimum(ends + 1, context)).astype(np.int64)
+    conditioned = rng.random(batch_size) >= unconditioned_fraction
+    return collate(arrays, chosen, ends, context, padding_side, lengths, conditioned)
 
 
 def collate(
@@ -101,9 +106,11 @@ def collate(
     context: int,
     padding_side: PaddingSide,
     lengths: np.ndarray | None = None,
+    conditioned: np.ndarray | None = None,
 ) -> TrajectoryBatch:
     """Windows ending at step ``ends[b]`` of episode ``episodes[b]``, padded to ``context`` steps; each holds
-    ``lengths[b]`` steps (default: as many as the episode has, up to ``context``)."""
+    ``lengths[b]`` steps (default: as many as the episode has, up to ``context``) and carries its returns-to-go where
+    ``conditioned[b]`` (default: every window)."""
     b, n, pad = len(episodes), arrays.state_items.shape[1], arrays.items
     items = np.full((b, context, n), pad, dtype=np.int64)
     feedback = np.zeros((b, context, n), dtype=np.float32)
@@ -123,6 +130,7 @@ def collate(
         actions[row, target] = arrays.actions[source]
         timesteps[row, target] = arrays.timesteps[source]
         step_mask[row, target] = True
+    flags = np.ones(b, dtype=bool) if conditioned is None else np.asarray(conditioned, dtype=bool)
     return TrajectoryBatch(
-        *(torch.as_tensor(a) for a in (items, feedback, item_mask, returns, actions, timesteps, step_mask))
+        *(torch.as_tensor(a) for a in (items, feedback, item_mask, returns, actions, timesteps, step_mask, flags))
     )

@@ -73,6 +73,13 @@ class Environment:
     item_counts: np.ndarray
 
 
+def simulator_spec(dataset: DatasetConfig) -> EnvironmentSpec:
+    """The dataset's quit rule; an InputError for a dataset without a simulator."""
+    if dataset.environment is None:
+        raise InputError(f"dataset {dataset.name!r} has no simulator (no environment: in its configuration)")
+    return dataset.environment
+
+
 def environment_dir(dataset: str, protocol: str, version: str) -> str:
     return f"environments/dataset={dataset}/protocol={protocol}/version={version}"
 
@@ -84,7 +91,7 @@ def environment_version(store: Store, dataset: DatasetConfig, protocol: Protocol
     payload = {
         "snapshot": snapshot,
         "protocol": protocol,
-        "spec": dataset.environment.model_dump(),
+        "spec": simulator_spec(dataset).model_dump(),
         "recipe": asdict(recipe),
         "builder": BUILDER_VERSION,
         "held_out": HELD_OUT_FRACTION,
@@ -133,7 +140,7 @@ def build_environment(
     rewards = fit.matrix(recipe.clip_min, recipe.clip_max)
     # Item distances over the users who start episodes: under strict, the other rows were never fitted. The published
     # thresholds are calibrated on all users of the dataset, so strict takes the threshold at the same percentile.
-    spec = dataset.environment
+    spec = simulator_spec(dataset)
     if protocol == "strict" and spec.threshold is not None:
         spec = spec.model_copy(update={"threshold": None})
     quit_rule, percentile = _quit_rule(store, dataset, spec, rewards[start_users], catalogue)

@@ -15,20 +15,31 @@ DEFAULT_SEARCH = SearchConfig()
 
 
 def context_from_history(
-    indices: np.ndarray, rewards: np.ndarray, items: int, state_length: int, initial_return: float, exclude_seen: bool
+    indices: np.ndarray,
+    rewards: np.ndarray,
+    items: int,
+    state_length: int,
+    initial_return: float,
+    exclude_seen: bool,
+    initial_item: int | None = None,
 ) -> EpisodeContext:
     """The episode so far (items acted on, oldest first, with their rewards in [0, 1]) as a search context: state k
-    holds the last ``state_length`` items before step k; the running return-to-go starts at ``initial_return``."""
+    holds the last ``state_length`` of the episode's items before step k, where the episode's items are its
+    ``initial_item`` (when given; its feedback is 0, as in training) followed by the actions; the running
+    return-to-go starts at ``initial_return``."""
     t = len(indices)
+    offset = int(initial_item is not None)
+    sequence = np.concatenate([[initial_item] if offset else [], indices]).astype(np.int64)
+    feedback = np.concatenate([[0.0] if offset else [], rewards]).astype(np.float32)
     state_items = np.full((t + 1, state_length), items, dtype=np.int64)
     state_feedback = np.zeros((t + 1, state_length), dtype=np.float32)
     state_mask = np.zeros((t + 1, state_length), dtype=bool)
     for k in range(t + 1):
-        recent = slice(max(0, k - state_length), k)
+        recent = slice(max(0, k + offset - state_length), k + offset)
         width = recent.stop - recent.start
         state_items[k, :width], state_feedback[k, :width], state_mask[k, :width] = (
-            indices[recent],
-            rewards[recent],
+            sequence[recent],
+            feedback[recent],
             True,
         )
     returns = (initial_return - np.concatenate([[0.0], np.cumsum(rewards)])).astype(np.float32)

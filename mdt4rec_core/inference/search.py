@@ -1,17 +1,19 @@
 """Maximum in-support return search (DESIGN section 5).
 
 For a user at step t of an episode: candidate history lengths w = min(t + 1, K), w - delta, ... >= 1 (keeping only
-the last w steps forgets a bad past: that is how trajectories are stitched). Pass 1 runs every candidate with the
-running return-to-go and reads the max-return estimate Rmax_w at s_t; the return-to-go to condition on is Rmax_w
-itself (``expectile``) or a draw from the return-bin distribution reweighted towards high returns, p(R | expert)
-proportional to exp(kappa R) p(R) (``expert_sample``). Pass 2 runs every candidate with that return-to-go and reads
-the action logits; the recommendation is the top-k of the candidate with the largest Rmax_w, forbidden items masked.
+the last w steps forgets a bad past: that is how trajectories are stitched). Pass 1 runs every candidate without a
+target (the learned "no target" token in every R slot) and reads the max-return estimate Rmax_w at s_t; the
+return-to-go to condition on is Rmax_w itself (``expectile``) or a draw from the return-bin distribution reweighted
+towards high returns, p(R | expert) proportional to exp(kappa r) p(R) with r the bin's position in [0, 1]
+(``expert_sample``, as EDT does). Pass 2 runs every candidate with its whole return-to-go sequence ending at that
+target (the target plus the rewards collected since each step, as training windows have it) and reads the action
+logits; the recommendation comes from the candidate with the largest Rmax_w, forbidden items masked, by ``argmax``
+or by ``sample`` (Gumbel top-k among the ``sample_from`` best items at ``temperature``).
 
 All candidates of all users go through the network as one batch per pass: the candidates of a user are suffixes of
-one window, packed without padding under a block-diagonal causal mask (``mdt4rec_core.model.packing``), and pass 2
-runs only the R_t token of each candidate against pass 1's key/value cache. ``search_one_at_a_time`` is the
-reference (batch size 1 per candidate, two full forward passes, as EDT's implementation does it) that tests and
-benchmarks compare against.
+one window, packed without padding under a block-diagonal causal mask (``mdt4rec_core.model.packing``).
+``search_one_at_a_time`` is the reference (batch size 1 per candidate, two full forward passes, as EDT's
+implementation does it) that tests and benchmarks compare against.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ from mdt4rec_core.model.network import MDT4Rec
 class SearchConfig:
     delta: int = 2
     conditioning: Literal["expert_sample", "expectile"] = "expert_sample"
-    kappa: float = 10.0
+    kappa: float = 10.0  # expert weight on the normalised bin position (EDT's convention)
     top_k: int = 10
-    search: bool = True  # False: the "-Max" ablation (full history, plain DT conditioning)
+    search: bool = True  # False: the "-Max" ablation (full history, plain DT conditioning on the running return)
+    decoding: Literal["argmax", "sample"] = "argmax"
+    sample_from: int = 50  # sample: the items drawn from are the best ``sample_from`` of the chosen candidate
+    temperature: float = 1.0  # sample: softmax temperature of the draw
     max_batch_tokens: int | None = 4096  # each pass runs its packed rows in slices of at most this many tokens
 
 
@@ -75,10 +80,10 @@ def candidate_lengths(steps: int, context: int, delta: int, search: bool = True)
     return list(range(longest, 0, -delta)) if search else [longest]
 
 
-def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[int], last_returns: np.ndarray | None):
+def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[int], targets: np.ndarray | None):
     """One TrajectoryBatch row per context holding its last ``lengths[row]`` steps, left-padded to K steps; the
-    current step's action is padding. ``last_returns`` (rows,) replaces the current step's return-to-go (None keeps
-    the running one)."""
+    current step's action is padding. ``targets`` (rows,): every return-to-go of a row is shifted so that its R_t is
+    the target (None: no target, the "no target" token in every R slot)."""
     pad = model.config.items
     steps = np.array([c.steps for c in contexts])
     arrays = EpisodeArrays(
@@ -94,9 +99,11 @@ def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[int],
         items=pad,
     )
     rows = np.arange(len(contexts))
-    batch = collate(arrays, rows, steps - 1, model.config.context_steps, "left", np.asarray(lengths))
-    if last_returns is not None:
-        batch.returns_to_go[:, -1] = torch.as_tensor(last_returns)
+    conditioned = np.full(len(contexts), targets is not None)
+    batch = collate(arrays, rows, steps - 1, model.config.context_steps, "left", np.asarray(lengths), conditioned)
+    if targets is not None:
+        shift = torch.as_tensor(targets, dtype=torch.float32) - batch.returns_to_go[:, -1]
+        batch.returns_to_go += shift[:, None] * batch.step_mask
     device = next(model.parameters()).device
     for name, value in vars(batch).items():
         setattr(batch, name, value.to(device))
@@ -120,11 +127,11 @@ def _conditioning(
     if config.conditioning == "expectile":
         return max_returns
     bins = model.config.return_bins
-    centres = (torch.arange(bins, device=bin_logits.device) + 0.5) * model.config.max_return / bins
-    expert = torch.log_softmax(bin_logits, dim=-1) + config.kappa * centres  # log p(R) + kappa R
+    position = (torch.arange(bins, device=bin_logits.device) + 0.5) / bins  # the bin's place in [0, 1]
+    expert = torch.log_softmax(bin_logits, dim=-1) + config.kappa * position  # log p(R) + kappa r
     cdf = torch.softmax(expert, dim=-1).cumsum(dim=-1)
     index = torch.searchsorted(cdf, uniforms.unsqueeze(-1).to(cdf.dtype)).squeeze(-1).clamp(max=bins - 1)
-    return centres[index]
+    return position[index] * model.config.max_return
 
 
 @torch.no_grad()
@@ -152,6 +159,7 @@ def search(
         output.max_return.cpu(),
         output.returns_to_go.cpu(),
         config,
+        seed,
     )
 
 
@@ -170,8 +178,8 @@ def search_one_at_a_time(
     row = 0
     for context, candidates in zip(contexts, lengths, strict=True):
         for w in candidates:
-            first = model(_windows(model, [context], [w], None), last_step_only=True)
             if config.search:
+                first = model(_windows(model, [context], [w], None), last_step_only=True)
                 value = _conditioning(
                     model,
                     first.max_return[:, -1],
@@ -179,31 +187,41 @@ def search_one_at_a_time(
                     config,
                     torch.as_tensor(uniforms[row : row + 1]),
                 )
-                second = model(_windows(model, [context], [w], value.numpy()), last_step_only=True)
-                logits.append(second.action_logits[:, -1])
-                max_returns.append(second.max_return[:, -1])
+                max_returns.append(first.max_return[:, -1])
             else:
                 value = torch.as_tensor([context.returns_to_go[-1]], dtype=torch.float32)
-                logits.append(first.action_logits[:, -1])
-                max_returns.append(first.max_return[:, -1])
+            second = model(_windows(model, [context], [w], value.numpy()), last_step_only=True)
+            logits.append(second.action_logits[:, -1])
+            if not config.search:
+                max_returns.append(second.max_return[:, -1])
             conditioned.append(value)
             row += 1
-    return _decide(contexts, lengths, torch.cat(logits), torch.cat(max_returns), torch.cat(conditioned), config)
+    return _decide(contexts, lengths, torch.cat(logits), torch.cat(max_returns), torch.cat(conditioned), config, seed)
 
 
-def _decide(contexts, lengths, logits, max_returns, conditioned, config: SearchConfig) -> list[Decision]:
+def _decide(contexts, lengths, logits, max_returns, conditioned, config: SearchConfig, seed: int) -> list[Decision]:
+    """Per user: the candidate with the largest max-return estimate, and its top-k items (argmax or sampled)."""
+    generator = torch.Generator().manual_seed(seed + 1)
     decisions, row = [], 0
     for context, candidates in zip(contexts, lengths, strict=True):
         span = slice(row, row + len(candidates))
         estimates = max_returns[span].numpy()
         best = int(np.argmax(estimates))
-        scores = logits[row + best].clone()
+        scores = logits[row + best].clone().float()
         if context.forbidden is not None:
             scores[torch.as_tensor(context.forbidden)] = -torch.inf
-        k = min(config.top_k, int(torch.isfinite(scores).sum()))
+        allowed = int(torch.isfinite(scores).sum())
+        k = min(config.top_k, allowed)
+        if config.decoding == "sample":
+            pool = torch.topk(scores, min(max(config.sample_from, k), allowed)).indices
+            gumbel = -torch.log(-torch.log(torch.rand(len(pool), generator=generator).clamp(1e-12, 1 - 1e-12)))
+            keys = scores[pool] / config.temperature + gumbel  # Gumbel top-k: k draws without replacement
+            items = pool[torch.topk(keys, k).indices]
+        else:
+            items = torch.topk(scores, k).indices
         decisions.append(
             Decision(
-                items=torch.topk(scores, k).indices.numpy(),
+                items=items.numpy(),
                 chosen_length=candidates[best],
                 lengths=list(candidates),
                 max_returns=estimates,

@@ -56,6 +56,9 @@ class ModelConfig(StrictModel):
     return_bins: int = Field(60, ge=2)
     item_dim: int = Field(64, ge=4)
     text_dim: int = Field(0, ge=0, description="width of frozen item text embeddings concatenated to ids (0: none)")
+    factor_dim: int = Field(
+        0, ge=0, description="width of the frozen item vectors factorised from the training logs (0: none)"
+    )
     embedding: Literal["mlp", "linear"] = "mlp"
     state_encoder: Literal["mean", "gru", "sasrec"] = "mean"
     backbone: BackboneConfig = BackboneConfig()

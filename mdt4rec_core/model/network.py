@@ -24,7 +24,9 @@ class TrajectoryBatch:
     """One batch of windows. Padding steps have ``step_mask`` false; padding items use index ``items`` (I).
 
     ``state_items`` (B, T, N) long, ``state_feedback`` (B, T, N) float, ``state_mask`` (B, T, N) bool,
-    ``returns_to_go`` (B, T) float, ``actions`` (B, T) long, ``timesteps`` (B, T) long, ``step_mask`` (B, T) bool.
+    ``returns_to_go`` (B, T) float, ``actions`` (B, T) long, ``timesteps`` (B, T) long, ``step_mask`` (B, T) bool,
+    ``conditioned`` (B,) bool: the window's R tokens carry its returns-to-go (false: every R token is the learned
+    "no target" token, the input the max-return and return-bin heads are read from at inference).
     """
 
     state_items: torch.Tensor
@@ -34,6 +36,7 @@ class TrajectoryBatch:
     actions: torch.Tensor
     timesteps: torch.Tensor
     step_mask: torch.Tensor
+    conditioned: torch.Tensor
 
 
 @dataclass
@@ -50,7 +53,8 @@ class ModelOutput:
 @dataclass
 class DecisionOutput:
     """Per candidate (C candidates, user by user): ``action_logits`` (C, I) read from R_t, ``max_return`` (C,) and
-    ``return_bin_logits`` (C, bins) read from s_t, ``returns_to_go`` (C,) the value R_t was conditioned on."""
+    ``return_bin_logits`` (C, bins) read from s_t without a target, ``returns_to_go`` (C,) the value R_t was
+    conditioned on."""
 
     action_logits: torch.Tensor
     max_return: torch.Tensor
@@ -59,23 +63,33 @@ class DecisionOutput:
 
 
 class MDT4Rec(nn.Module):
-    def __init__(self, config: ModelConfig, item_text: torch.Tensor | None = None):
-        """``item_text`` (I, text_dim): frozen text embeddings of the items when ``config.text_dim`` > 0 (left out
-        when a checkpoint's weights, which hold them, are loaded next)."""
+    def __init__(
+        self, config: ModelConfig, item_text: torch.Tensor | None = None, item_factors: torch.Tensor | None = None
+    ):
+        """``item_text`` (I, text_dim): frozen text embeddings of the items when ``config.text_dim`` > 0;
+        ``item_factors`` (I, factor_dim): frozen item vectors factorised from the training logs when
+        ``config.factor_dim`` > 0. Both are left out when a checkpoint's weights, which hold them, are loaded next."""
         super().__init__()
         self.config = config
-        if item_text is not None and tuple(item_text.shape) != (config.items, config.text_dim):
-            raise ValueError(f"item_text must have shape ({config.items}, {config.text_dim})")
+        frozen = (("item_text", item_text, config.text_dim), ("item_factors", item_factors, config.factor_dim))
+        for name, given, dim in frozen:
+            if given is not None and tuple(given.shape) != (config.items, dim):
+                raise ValueError(f"{name} must have shape ({config.items}, {dim})")
+            table = torch.zeros(config.items + 1, dim)  # the padding item's row stays zero
+            if given is not None:
+                table[: config.items] = given
+            self.register_buffer(name, table)
         self.backbone = Backbone(config.backbone, max_positions=TOKENS_PER_STEP * config.context_steps)
-        width, item_width = self.backbone.hidden_size, config.item_dim + config.text_dim
+        width, item_width = self.backbone.hidden_size, config.item_dim + config.text_dim + config.factor_dim
         self.item_ids = nn.Embedding(config.items + 1, config.item_dim, padding_idx=config.items)
-        text = torch.zeros(config.items + 1, config.text_dim)  # the padding item's row stays zero
-        if item_text is not None:
-            text[: config.items] = item_text
-        self.register_buffer("item_text", text)
+        nn.init.normal_(self.item_ids.weight, std=0.02)
+        with torch.no_grad():
+            self.item_ids.weight[config.items].zero_()
+        self.item_bias = nn.Parameter(torch.zeros(config.items))
         self.state_encoder = StateEncoder(config.state_encoder, item_width, config.state_length)
         self.embed_state = token_embedding(config.embedding, item_width, width)
         self.embed_return = token_embedding(config.embedding, 1, width)
+        self.no_return = nn.Parameter(torch.randn(width) * 0.02)
         self.embed_action = token_embedding(config.embedding, item_width, width)
         self.embed_timestep = nn.Embedding(config.max_timestep + 1, width)
         self.norm = nn.LayerNorm(width)
@@ -84,22 +98,27 @@ class MDT4Rec(nn.Module):
         self.return_bin_head = nn.Linear(width, config.return_bins)
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """(...,) item indices (I = padding) -> (..., D)."""
-        return torch.cat([self.item_ids(items), self.item_text[items]], dim=-1)
+        """(...,) item indices (I = padding) -> (..., D): learned id embedding, text and log factors."""
+        return torch.cat([self.item_ids(items), self.item_text[items], self.item_factors[items]], dim=-1)
+
+    def _step_parts(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per step, before the LayerNorm: state tokens (B, T, H), action tokens (B, T, H) and the timestep
+        embedding (B, T, H) that R tokens add to their own."""
+        states = self.state_encoder(self.item_vectors(batch.state_items), batch.state_feedback, batch.state_mask)
+        time = self.embed_timestep(batch.timesteps.clamp(max=self.config.max_timestep))
+        return self.embed_state(states) + time, self.embed_action(self.item_vectors(batch.actions)) + time, time
+
+    def _return_embedding(self, returns: torch.Tensor, conditioned: torch.Tensor) -> torch.Tensor:
+        """(...,) returns-to-go and (...,) bool -> (..., H): the embedded return, or the "no target" token."""
+        embedded = self.embed_return((returns / self.config.max_return).unsqueeze(-1))
+        return torch.where(conditioned.unsqueeze(-1), embedded, self.no_return.to(embedded.dtype))
 
     def _tokens(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens (B, 3T, H) in the order s, R, a per step; token mask (B, 3T); position ids (B, 3T))."""
         b, t = batch.actions.shape
-        states = self.state_encoder(self.item_vectors(batch.state_items), batch.state_feedback, batch.state_mask)
-        time = self.embed_timestep(batch.timesteps.clamp(max=self.config.max_timestep))
-        tokens = torch.stack(
-            [
-                self.embed_state(states) + time,
-                self.embed_return((batch.returns_to_go / self.config.max_return).unsqueeze(-1)) + time,
-                self.embed_action(self.item_vectors(batch.actions)) + time,
-            ],
-            dim=2,
-        ).reshape(b, TOKENS_PER_STEP * t, -1)
+        states, actions, time = self._step_parts(batch)
+        returns = self._return_embedding(batch.returns_to_go, batch.conditioned[:, None].expand(b, t)) + time
+        tokens = torch.stack([states, returns, actions], dim=2).reshape(b, TOKENS_PER_STEP * t, -1)
         token_mask = batch.step_mask.repeat_interleave(TOKENS_PER_STEP, dim=1)
         # Explicit positions counted over real tokens only, so left padding does not shift them.
         positions = (token_mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -107,6 +126,10 @@ class MDT4Rec(nn.Module):
 
     def _catalogue(self, device: torch.device) -> torch.Tensor:
         return self.item_vectors(torch.arange(self.config.items, device=device))
+
+    def _action_logits(self, return_hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) hidden states of R tokens -> (..., I) scores of every catalogue item."""
+        return self.action_head(return_hidden) @ self._catalogue(return_hidden.device).T + self.item_bias
 
     def forward(self, batch: TrajectoryBatch, last_step_only: bool = False) -> ModelOutput:
         """Outputs for every step, or (``last_step_only``, T = 1 in the outputs) for the window's last step only:
@@ -118,7 +141,7 @@ class MDT4Rec(nn.Module):
             hidden = hidden[:, -1:]
         state_hidden, return_hidden = hidden[:, :, 0], hidden[:, :, 1]
         return ModelOutput(
-            action_logits=self.action_head(return_hidden) @ self._catalogue(batch.actions.device).T,
+            action_logits=self._action_logits(return_hidden),
             max_return=self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return,
             return_bin_logits=self.return_bin_head(state_hidden),
         )
@@ -133,52 +156,53 @@ class MDT4Rec(nn.Module):
     ) -> DecisionOutput:
         """Outputs of every candidate history length of every user, all candidates in one batch per pass.
 
-        ``batch`` holds one window per user, left-padded so that the decision step t is the last column;
-        ``lengths[u]`` are user u's candidate lengths w (each keeps the last w steps). Pass 1 runs the packed
-        candidates up to s_t (see ``packing``) and reads Rmax and the return bins there. The return-to-go of R_t is
-        the running one, or ``condition(max_return (C,), bin_logits (C, bins)) -> (C,)``; pass 2 runs only the C
-        R_t tokens against pass 1's key/value cache and reads the action logits. ``max_batch_tokens`` runs each pass
+        ``batch`` holds one window per user, left-padded so that the decision step t is the last column, with the
+        running returns-to-go; ``lengths[u]`` are user u's candidate lengths w (each keeps the last w steps). The
+        candidates are packed (see ``packing``). Pass 1 runs them with the "no target" token in every R slot and
+        reads Rmax and the return bins at s_t. ``condition(max_return (C,), bin_logits (C, bins)) -> (C,)`` picks each
+        candidate's target R_t (None: the running one, and pass 1 is skipped); pass 2 runs every candidate with its
+        whole return-to-go sequence shifted to end at that target (R_k = target + rewards collected from step k to
+        t - 1, as training windows have it) and reads the action logits at R_t. ``max_batch_tokens`` runs each pass
         over the packed rows in slices of at most that many tokens (bounded activation memory; None: one call).
         """
         b, t = batch.actions.shape
-        tokens, _, _ = self._tokens(batch)
-        width = tokens.shape[-1]
-        device = tokens.device
-        packed = pack_suffixes(lengths, t, tokens.dtype).to(device)
-        prefix = tokens.reshape(b * TOKENS_PER_STEP * t, width)[packed.token_index]
-        rows, columns = packed.positions.shape
+        states, actions, time = self._step_parts(batch)
+        width, device = states.shape[-1], states.device
+        packed = pack_suffixes(lengths, t, states.dtype).to(device)
+        flat = packed.token_index
+        step_index = flat // TOKENS_PER_STEP  # user * t + step
+        is_return = (flat % TOKENS_PER_STEP == 1).unsqueeze(-1)
+        other = torch.stack([states, torch.zeros_like(states), actions], dim=2).reshape(-1, width)[flat]
+        packed_time = time.reshape(-1, width)[step_index]
+        running = batch.returns_to_go.reshape(-1)[step_index]  # (R, L)
+        rows, columns = flat.shape
         step = rows if max_batch_tokens is None else max(1, max_batch_tokens // columns)
         slices = [slice(start, start + step) for start in range(0, rows, step)]
-        hidden, caches = [], []
-        for part in slices:
-            part_hidden, cache = self.backbone.extend(prefix[part], packed.prefix_mask[part], packed.positions[part])
-            hidden.append(part_hidden)
-            caches.append(cache)
-        state_hidden = torch.cat(hidden).reshape(-1, width)[packed.state_slot]
-        max_return = self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return
-        bin_logits = self.return_bin_head(state_hidden)
+
+        def run(returns: torch.Tensor, conditioned: bool) -> torch.Tensor:
+            """Hidden states (R * L, H) of the packed candidates with ``returns`` (R, L) in their R slots."""
+            flags = torch.full(returns.shape, conditioned, device=device)
+            tokens = self.norm(torch.where(is_return, self._return_embedding(returns, flags) + packed_time, other))
+            hidden = [self.backbone.extend(tokens[p], packed.mask[p], packed.positions[p])[0] for p in slices]
+            return torch.cat(hidden).reshape(-1, width)
+
         per_user = torch.as_tensor([len(user) for user in lengths], device=device)
+        current = batch.returns_to_go[:, -1].repeat_interleave(per_user)  # (C,) running R_t
         if condition is None:
-            target = batch.returns_to_go[:, -1].repeat_interleave(per_user)
+            target = current
+            hidden = run(running, True)
         else:
-            target = condition(max_return, bin_logits)
-        time = self.embed_timestep(batch.timesteps[:, -1].clamp(max=self.config.max_timestep))
-        return_tokens = self.norm(
-            self.embed_return((target / self.config.max_return).unsqueeze(-1)) + time.repeat_interleave(per_user, 0)
-        )
-        queries = packed.query_positions.shape[1]
-        query_tokens = return_tokens.new_zeros(rows * queries, width)
-        query_tokens[packed.query_slot] = return_tokens
-        query_tokens = query_tokens.reshape(rows, queries, width)
-        return_hidden = [
-            self.backbone.extend(query_tokens[part], packed.query_mask[part], packed.query_positions[part], cache)[0]
-            for part, cache in zip(slices, caches, strict=True)
-        ]
-        action_hidden = torch.cat(return_hidden).reshape(-1, width)[packed.query_slot]
+            state_hidden = run(running, False)[packed.state_slot]
+            max_return = self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return
+            target = condition(max_return, self.return_bin_head(state_hidden))
+            hidden = run(running + (target - current)[packed.candidate], True)
+        if condition is None:
+            state_hidden = hidden[packed.state_slot]
+            max_return = self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return
         return DecisionOutput(
-            action_logits=self.action_head(action_hidden) @ self._catalogue(device).T,
+            action_logits=self._action_logits(hidden[packed.return_slot]),
             max_return=max_return,
-            return_bin_logits=bin_logits,
+            return_bin_logits=self.return_bin_head(state_hidden),
             returns_to_go=target,
         )
 

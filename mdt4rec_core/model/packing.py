@@ -1,12 +1,10 @@
-"""Packing of suffix windows for the maximum in-support return search (DESIGN section 5).
+"""Packing of suffix windows for the maximum in-support return search.
 
 Every candidate history length w of a user keeps the last w steps of that user's window, so a candidate's tokens are a
-suffix of the window's tokens: s, R, a per step, ending at s_t (3w - 2 tokens). The candidates are packed into rows
+suffix of the window's tokens: s, R, a per step, ending at R_t (3w - 1 tokens). The candidates are packed into rows
 with little padding (best fit, longest first, across users) and a block-diagonal causal mask keeps each candidate to
 its own tokens, with positions counted from 0 inside each candidate, so every candidate computes exactly what it
-would alone.
-After the packed prefix pass, each candidate's R_t token is appended to its row as one query that sees only its
-candidate's cached tokens and itself.
+would alone. Both search passes run the same packing; they differ only in the return-to-go tokens.
 """
 
 from __future__ import annotations
@@ -24,23 +22,21 @@ _PADDING = -1
 
 @dataclass
 class PackedSuffixes:
-    """C candidates packed into R rows of L prefix tokens and Q query slots.
+    """C candidates packed into R rows of L tokens.
 
     ``token_index`` (R, L) long: index into the flattened window tokens (B * 3T, H) (0 for padding);
-    ``positions`` (R, L) long; ``prefix_mask`` (R, 1, L, L) additive float mask;
-    ``state_slot`` (C,) long: flat index row * L + column of each candidate's s_t;
-    ``query_positions`` (R, Q) long; ``query_mask`` (R, 1, Q, L + Q) additive float mask;
-    ``query_slot`` (C,) long: flat index row * Q + slot of each candidate's R_t query.
+    ``candidate`` (R, L) long: the candidate each token belongs to (0 for padding);
+    ``positions`` (R, L) long; ``mask`` (R, 1, L, L) additive float mask;
+    ``state_slot`` / ``return_slot`` (C,) long: flat index row * L + column of each candidate's s_t / R_t.
     Candidates are numbered user by user, in the order of ``lengths``.
     """
 
     token_index: torch.Tensor
+    candidate: torch.Tensor
     positions: torch.Tensor
-    prefix_mask: torch.Tensor
+    mask: torch.Tensor
     state_slot: torch.Tensor
-    query_positions: torch.Tensor
-    query_mask: torch.Tensor
-    query_slot: torch.Tensor
+    return_slot: torch.Tensor
 
     def to(self, device: torch.device) -> PackedSuffixes:
         return PackedSuffixes(*(value.to(device) for value in vars(self).values()))
@@ -64,57 +60,42 @@ def _best_fit_rows(sizes: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
-
-
 def pack_suffixes(lengths: Sequence[Sequence[int]], window_steps: int, dtype: torch.dtype) -> PackedSuffixes:
     """``lengths[u]`` the candidate history lengths of user u (each <= ``window_steps``; windows left-padded to
     ``window_steps`` steps, so the decision step is the last)."""
     tokens_per_user = TOKENS_PER_STEP * window_steps
-    sizes = [[TOKENS_PER_STEP * w - 2 for w in user] for user in lengths]
+    sizes = [[TOKENS_PER_STEP * w - 1 for w in user] for user in lengths]
     capacity = max(size for user in sizes for size in user)
     owners = [(user, c) for user, user_sizes in enumerate(sizes) for c in range(len(user_sizes))]
     layout = [[owners[n] for n in row] for row in _best_fit_rows([size for user in sizes for size in user], capacity)]
     offsets = np.concatenate([[0], np.cumsum([len(user) for user in lengths])])
-    rows, width, queries = len(layout), capacity, max(len(row) for row in layout)
+    rows, width = len(layout), capacity
     token_index = np.zeros((rows, width), dtype=np.int64)
+    candidate_of = np.zeros((rows, width), dtype=np.int64)
     positions = np.zeros((rows, width), dtype=np.int64)
     segment = np.full((rows, width), _PADDING, dtype=np.int64)
-    state_slot = np.zeros(offsets[-1], dtype=np.int64)
-    query_positions = np.zeros((rows, queries), dtype=np.int64)
-    query_segment = np.full((rows, queries), _PADDING - 1, dtype=np.int64)  # padding queries match no segment
-    query_slot = np.zeros(offsets[-1], dtype=np.int64)
+    return_slot = np.zeros(offsets[-1], dtype=np.int64)
     for row, members in enumerate(layout):
         column = 0
         for slot, (user, candidate) in enumerate(members):
             size = sizes[user][candidate]
-            first = user * tokens_per_user + tokens_per_user - 2 - size  # the window ends with s_t, R_t, a_t
+            first = user * tokens_per_user + tokens_per_user - 1 - size  # the window ends with s_t, R_t, a_t
+            number = offsets[user] + candidate
             token_index[row, column : column + size] = np.arange(first, first + size)
+            candidate_of[row, column : column + size] = number
             positions[row, column : column + size] = np.arange(size)
             segment[row, column : column + size] = slot
-            number = offsets[user] + candidate
-            state_slot[number] = row * width + column + size - 1
-            query_positions[row, slot] = size
-            query_segment[row, slot] = slot
-            query_slot[number] = row * queries + slot
+            return_slot[number] = row * width + column + size - 1
             column += size
-    segment_t, query_segment_t = torch.as_tensor(segment), torch.as_tensor(query_segment)
+    segment_t = torch.as_tensor(segment)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    prefix_allowed = (segment_t[:, :, None] == segment_t[:, None, :]) & causal
-    query_allowed = torch.cat(
-        [
-            query_segment_t[:, :, None] == segment_t[:, None, :],
-            torch.eye(queries, dtype=torch.bool).expand(rows, queries, queries),
-        ],
-        dim=-1,
-    )
+    allowed = (segment_t[:, :, None] == segment_t[:, None, :]) & causal
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
     return PackedSuffixes(
         token_index=torch.as_tensor(token_index),
+        candidate=torch.as_tensor(candidate_of),
         positions=torch.as_tensor(positions),
-        prefix_mask=_additive(prefix_allowed, dtype),
-        state_slot=torch.as_tensor(state_slot),
-        query_positions=torch.as_tensor(query_positions),
-        query_mask=_additive(query_allowed, dtype),
-        query_slot=torch.as_tensor(query_slot),
+        mask=mask,
+        state_slot=torch.as_tensor(return_slot - 1),
+        return_slot=torch.as_tensor(return_slot),
     )
