@@ -71,9 +71,12 @@ def store_side_tables(dataset: DatasetConfig, store_uri: str) -> dict[str, int]:
     return ingest_side_tables(dataset, Store(store_uri))
 
 
-def build_trajectories(store_uri: str, dataset: DatasetConfig, config: TrajectoryConfig) -> TrajectoryBuild:
+def build_trajectories(
+    store_uri: str, dataset: DatasetConfig, config: TrajectoryConfig, make_current: bool = True
+) -> TrajectoryBuild:
     """Build (or reuse) the trajectory set of what is stored, bucket by bucket: each bucket is validated before it is
-    saved, and the set becomes current only when every bucket passed."""
+    saved, and the set becomes current only when every bucket passed (and ``make_current``: a study builds the sets
+    of its protocols without switching what the pipeline trains on)."""
     store = Store(store_uri)
     plan = plan_trajectories(store, dataset, config)
     if plan is None:
@@ -90,7 +93,7 @@ def build_trajectories(store_uri: str, dataset: DatasetConfig, config: Trajector
         parts.append(steps.select(USER_ID, "done"))
         checks.append(report)
     stats = summarise(parts, plan.version, plan.catalogue.height, plan.feedback_min, plan.feedback_max)
-    finish_build(store, plan, stats)
+    finish_build(store, plan, stats, make_current)
     return TrajectoryBuild(stats, built=True, checks=checks)
 
 

@@ -276,9 +276,9 @@ def save_bucket(store: Store, plan: TrajectoryPlan, bucket: int, steps: pl.DataF
     store.write_parquet(steps, f"{plan.folder}/steps/part-{bucket:05d}.parquet")
 
 
-def finish_build(store: Store, plan: TrajectoryPlan, stats: TrajectoryStats) -> None:
+def finish_build(store: Store, plan: TrajectoryPlan, stats: TrajectoryStats, make_current: bool = True) -> None:
     """Write the catalogue and the item factors of the saved steps, then build.json (a version without build.json
-    is incomplete), then point CURRENT at it."""
+    is incomplete), then point CURRENT at it (unless ``make_current`` is false: a set built for a study)."""
     store.write_parquet(plan.catalogue, f"{plan.folder}/catalogue.parquet")
     logged = pl.read_parquet(
         [store.url(p) for p in store.files(f"{plan.folder}/steps", ".parquet")], columns=[USER_ID, "action", FEEDBACK]
@@ -286,7 +286,8 @@ def finish_build(store: Store, plan: TrajectoryPlan, stats: TrajectoryStats) -> 
     factors = logged_item_factors(logged, plan.catalogue.height, plan.config.item_factors)
     store.write_parquet(pl.DataFrame({"vector": factors}), f"{plan.folder}/item_factors.parquet")
     store.write_json(asdict(stats), f"{plan.folder}/build.json")
-    store.write_json({"version": plan.version}, f"trajectories/dataset={plan.dataset}/CURRENT.json")
+    if make_current:
+        store.write_json({"version": plan.version}, f"trajectories/dataset={plan.dataset}/CURRENT.json")
 
 
 def stored_stats(store: Store, dataset: str, version: str | None = None) -> TrajectoryStats | None:
