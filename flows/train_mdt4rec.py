@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from mdt4rec_core.config import resolve_dataset
-from mdt4rec_core.envs.api import build_env
+from mdt4rec_core.envs.api import build_env, evaluate_policy
 from mdt4rec_core.profiles import EvaluationPlan, Profile, RunPlan, ScaleConfig, load_run_plan
 from tasks import reporting, tracking, training
 from tasks.ingest import TASK_STEPS, run_ingest
@@ -46,6 +46,7 @@ prepare_environment = _task(build_env, "prepare-environment")
 train_model = _task(training.train_model, "train")
 evaluate_checkpoint = _task(training.evaluate_checkpoint, "evaluate")
 champion_score = _task(training.champion_score, "evaluate-champion")
+evaluate_baseline = _task(evaluate_policy, "evaluate-baseline")
 
 
 @flow(name="train-mdt4rec", log_prints=True)
@@ -80,22 +81,32 @@ def train_mdt4rec(
     evaluations = evaluate_all.with_options(task_runner=task_runner(plan.scale))(
         pipeline.store, pipeline.dataset, trained["checkpoint"], plan.evaluation
     )
-    wanted = (plan.evaluation.gate.mode, plan.evaluation.gate.protocol)
+    evaluation = plan.evaluation
+    wanted = (evaluation.gate.mode, evaluation.gate.protocol)
     gate_row = next(e for e in evaluations if (e["mode"], e["protocol"]) == wanted)
+    mode, protocol = wanted
+    baselines = [
+        evaluate_baseline(
+            pipeline.store, pipeline.dataset, baseline, mode, evaluation.episodes, evaluation.seeds, protocol
+        )
+        for baseline in evaluation.gate.baselines
+    ]
     gate = tracking.Gate(
         tracking.gate_key(
             environments[gate_row["protocol"]]["version"],
             gate_row["mode"],
             gate_row["protocol"],
-            plan.evaluation.episodes,
-            plan.evaluation.seeds,
+            evaluation.episodes,
+            evaluation.seeds,
         ),
         float(gate_row["R_cumu"]),
+        {row["policy"]: float(row["R_cumu"] + row["R_cumu_ci95"]) for row in baselines},
     )
-    registered = record_and_register(client, plan, ingest, trained, evaluations, gate)
+    registered = record_and_register(client, plan, ingest, trained, evaluations, gate, baselines)
     summary.update(
         training={k: v for k, v in trained.items() if k != "history"},
         evaluation=reporting.evaluation_rows(evaluations),
+        baselines=reporting.baseline_rows(baselines),
         registration=registered["registration"],
         mlflow_run_id=registered["run_id"],
         model_name=name,
@@ -134,7 +145,13 @@ def task_runner(scale: ScaleConfig):
 
 @task(name="record-and-register", cache_policy=NO_CACHE)
 def record_and_register(
-    client, plan: RunPlan, ingest: dict, trained: dict, evaluations: list[dict], gate: tracking.Gate
+    client,
+    plan: RunPlan,
+    ingest: dict,
+    trained: dict,
+    evaluations: list[dict],
+    gate: tracking.Gate,
+    baselines: list[dict],
 ) -> dict[str, Any]:
     """Log the run to MLflow (params, per-step metrics, evaluation table, plots, GX summary, config), log the
     checkpoint as a pyfunc model and register it through the promotion gate."""
@@ -153,6 +170,7 @@ def record_and_register(
             "plots/r_cumu_by_mode.png": reporting.returns_by_mode(evaluations),
             "plots/chosen_history_lengths.png": reporting.history_lengths(evaluations),
         },
+        baselines=baselines,
     )
     model_uri = tracking.log_model(run_id, Path(trained["checkpoint"]))
     tags = {

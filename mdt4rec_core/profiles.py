@@ -32,10 +32,13 @@ PROFILES: tuple[str, ...] = get_args(Profile)
 
 
 class GateConfig(StrictModel):
-    """The evaluation the promotion gate compares: R_cumu in this mode and protocol, on the run's seeds."""
+    """The evaluation the promotion gate compares: R_cumu in this mode and protocol, on the run's seeds. A version
+    becomes champion only when its mean is above the upper 95 % bound of every baseline in ``baselines`` (evaluated
+    on the same environment, episodes and seeds) and above the current champion's."""
 
     mode: Mode = "FB"
     protocol: Protocol = "paper"
+    baselines: list[Literal["random", "popularity"]] = Field(default_factory=lambda: ["random", "popularity"])
 
 
 class EvaluationPlan(StrictModel):

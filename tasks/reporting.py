@@ -65,6 +65,11 @@ def history_lengths(evaluations: list[dict[str, Any]]) -> Figure:
     return figure
 
 
+def baseline_rows(baselines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One JSON-ready row per gate baseline evaluation."""
+    return [{"policy": b["policy"], **{column: b[column] for column in EVALUATION_COLUMNS}} for b in baselines]
+
+
 def evaluation_rows(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One JSON-ready row per (mode, protocol) evaluation."""
     return [{column: e[column] for column in EVALUATION_COLUMNS} for e in evaluations]
@@ -92,10 +97,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"- Registered `{summary['model_name']}` version {registration['version']} as {role}: {registration['reason']}"
     )
     lines.append(f"- MLflow run `{summary['mlflow_run_id']}` at {summary['tracking_uri']}")
-    lines += ["", "| mode | protocol | R_cumu | 95 % | Length | R_avg |", "|---|---|---:|---:|---:|---:|"]
-    for row in summary["evaluation"]:
+    lines += [
+        "",
+        "| policy | mode | protocol | R_cumu | 95 % | Length | R_avg |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in [{"policy": "model", **r} for r in summary["evaluation"]] + summary.get("baselines", []):
         lines.append(
-            f"| {row['mode']} | {row['protocol']} | {row['R_cumu']:.3f} | {row['R_cumu_ci95']:.3f} | "
+            f"| {row['policy']} | {row['mode']} | {row['protocol']} | {row['R_cumu']:.3f} | {row['R_cumu_ci95']:.3f} | "
             f"{row['Length']:.2f} | {row['R_avg']:.3f} |"
         )
     return "\n".join(lines) + "\n"

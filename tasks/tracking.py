@@ -1,7 +1,8 @@
 """MLflow: one experiment per dataset, a run per training, the model registered as ``mdt4rec`` with a promotion gate.
 
-The alias ``champion`` moves to a new version only when it beats the current champion's R_cumu on the same
-environment, mode, protocol, episodes and seeds (the gate key); otherwise the version is tagged ``challenger``.
+The alias ``champion`` moves to a new version only when its R_cumu is above the upper 95 % bound of every gate
+baseline (random, popularity) and above the current champion's, on the same environment, mode, protocol, episodes
+and seeds (the gate key); otherwise the version is tagged ``challenger``.
 Every alias move is recorded on the registered model (tag ``champion_history``) so that ``rollback`` can undo it.
 """
 
@@ -12,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,12 @@ def experiment_id(client: MlflowClient, dataset: str, config: TrackingConfig) ->
 
 @dataclass(frozen=True)
 class Gate:
-    """What the gate compares: ``key`` names environment, mode, protocol, episodes and seeds; ``score`` is R_cumu."""
+    """What the gate compares: ``key`` names environment, mode, protocol, episodes and seeds; ``score`` is R_cumu;
+    ``floors`` maps each baseline to the upper bound of its R_cumu's 95 % interval on the same key."""
 
     key: str
     score: float
+    floors: dict[str, float] = field(default_factory=dict)
 
 
 def gate_key(environment_version: str, mode: str, protocol: str, episodes: int, seeds: int) -> str:
@@ -138,6 +141,7 @@ def register(
     try:
         client.set_model_version_tag(name, version, "gate_key", gate.key)
         client.set_model_version_tag(name, version, "gate_score", repr(gate.score))
+        client.set_model_version_tag(name, version, "gate_floors", json.dumps(gate.floors))
         decision = _gate(client, name, version, gate, champion_score)
     except BaseException:
         client.delete_model_version(name, version)
@@ -146,6 +150,11 @@ def register(
 
 
 def _gate(client, name: str, version: str, gate: Gate, champion_score) -> dict[str, Any]:
+    beaten = {baseline: floor for baseline, floor in gate.floors.items() if gate.score <= floor}
+    if beaten:
+        client.set_model_version_tag(name, version, "role", CHALLENGER)
+        reasons = ", ".join(f"{baseline}'s upper 95 % bound {floor:.4f}" for baseline, floor in beaten.items())
+        return {"promoted": False, "reason": f"R_cumu {gate.score:.4f} does not beat {reasons}", "champion_score": None}
     champion = current_champion(client, name)
     if champion is None:
         promote(client, name, version)
@@ -233,9 +242,11 @@ def record_run(
     trained: dict[str, Any],
     evaluations: list[dict[str, Any]],
     figures: dict[str, Any],
+    baselines: list[dict[str, Any]] = (),
 ) -> str:
-    """One MLflow run: parameters, per-step losses, evaluation metrics and table, plots, the GX summary, the config.
-    Returns the run id (the run is left finished)."""
+    """One MLflow run: parameters, per-step losses, evaluation metrics and table (the gate's baselines beside the
+    model: ``R_cumu_<mode>_<protocol>_<baseline>``), plots, the GX summary, the config. Returns the run id (the run
+    is left finished)."""
     from mlflow.entities import Metric, Param
 
     from tasks.reporting import evaluation_rows
@@ -251,8 +262,8 @@ def record_run(
             for name, key in (("train_loss", "train_loss"), ("validation_loss", "validation_loss"))
             for step, value in trained["history"].get(key, [])
         ]
-        for row in evaluations:
-            suffix = f"{row['mode']}_{row['protocol']}"
+        for row in [*evaluations, *baselines]:
+            suffix = f"{row['mode']}_{row['protocol']}" + (f"_{row['policy']}" if row in baselines else "")
             metrics += [Metric(f"{name}_{suffix}", float(row[name]), now, 0) for name in ("R_cumu", "Length", "R_avg")]
             metrics.append(Metric(f"R_cumu_ci95_{suffix}", float(row["R_cumu_ci95"]), now, 0))
         summary = {k: trained[k] for k in ("trainable_params", "total_params", "seconds", "windows_per_second")}

@@ -1,12 +1,14 @@
 """The MLflow layer on a real sqlite-backed MLflow: the promotion gate, promote/rollback, the pyfunc model, and an
 unreachable tracking server."""
 
+import json
 import socket
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 
 from mdt4rec_core.config import TrackingConfig
 from mdt4rec_core.errors import InputError
@@ -37,11 +39,11 @@ def client(tmp_path, monkeypatch):
     return tracking.connect(TrackingConfig())
 
 
-def _version(client, checkpoint, score, key="env/FB/paper/episodes=10/seeds=2", champion_score=None):
+def _version(client, checkpoint, score, key="env/FB/paper/episodes=10/seeds=2", champion_score=None, floors=None):
     experiment = tracking.experiment_id(client, "ml-100k", TrackingConfig())
     run_id = client.create_run(experiment).info.run_id
     model_uri = tracking.log_model(run_id, checkpoint)
-    gate = tracking.Gate(key, score)
+    gate = tracking.Gate(key, score, floors or {})
     tags = {"dataset": "ml-100k", "trajectory_version": "t1"}
     return tracking.register(client, NAME, model_uri, gate, tags, champion_score or (lambda champion: None))
 
@@ -88,6 +90,19 @@ def test_a_champion_evaluated_elsewhere_is_re_scored_on_the_new_environment(clie
     assert scored == ["1"] and not kept["promoted"] and kept["champion_score"] == 12.0
     incomparable = _version(client, checkpoint, 1.0, key="newer/FB/paper/episodes=10/seeds=2")
     assert incomparable["promoted"] and "not comparable" in incomparable["reason"]
+
+
+def test_the_gate_refuses_a_version_that_does_not_beat_every_baseline(client, checkpoint):
+    floors = {"random": 10.3, "popularity": 8.6}  # the upper 95 % bounds of the baselines' R_cumu
+    below = _version(client, checkpoint, 10.0, floors=floors)
+    assert not below["promoted"] and "random's upper 95 % bound 10.3000" in below["reason"]
+    assert "popularity" not in below["reason"]  # 10.0 does beat popularity's bound
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(NAME, tracking.CHAMPION)  # even a first version must beat them
+    tagged = client.get_model_version(NAME, "1").tags
+    assert tagged["role"] == tracking.CHALLENGER and json.loads(tagged["gate_floors"]) == floors
+    above = _version(client, checkpoint, 10.31, floors=floors)
+    assert above["promoted"] and _champion(client) == 2
 
 
 def test_a_failing_gate_leaves_no_half_registered_version(client, checkpoint):
