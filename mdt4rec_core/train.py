@@ -75,9 +75,13 @@ def training_data(
 ) -> TrainingData:
     """Episodes of users whose id hashes below ``validation_fraction`` are kept for validation."""
     arrays = episode_arrays(steps, model.state_length, catalogue.height)
-    users = pl.Series(arrays.users)
-    validation = ((users.hash(seed=11) % 10_000) < int(config.validation_fraction * 10_000)).to_numpy()
+    validation = validation_users(pl.Series(arrays.users), config.validation_fraction).to_numpy()
     return TrainingData(arrays, np.flatnonzero(~validation), np.flatnonzero(validation), catalogue, metadata)
+
+
+def validation_users(user_ids: pl.Series, fraction: float) -> pl.Series:
+    """True for the users (a stable hash of the id) whose episodes are held out of training for validation."""
+    return (user_ids.hash(seed=11) % 10_000) < int(fraction * 10_000)
 
 
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:

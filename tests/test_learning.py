@@ -158,3 +158,18 @@ def test_trajectory_item_factors_are_a_function_of_the_logged_steps():
     )
     assert trajectories.item_factors.shape == (ITEMS, 16)
     assert np.array_equal(trajectories.item_factors, again)  # the logged (user, item, feedback) triples only
+
+
+def test_the_distance_response_counts_only_items_acted_on_not_the_initial_item():
+    from mdt4rec_core.model.network import nearest_acted_distance
+
+    factors = torch.tensor([[0.0], [1.0], [3.0], [6.0], [0.0]])  # 4 items on a line, then the padding row
+    pad = 4
+    # step 0: only the initial item (2); step 1: initial 2 then action 0; step 3 of an episode without initial item.
+    items = torch.tensor([[2, pad, pad], [2, 0, pad], [1, 3, 0]])
+    mask = items != pad
+    distance, acted = nearest_acted_distance(factors, items, mask, torch.tensor([0, 1, 3]))
+    assert acted.tolist() == [False, True, True]
+    assert distance[0].tolist() == [0.0, 0.0, 0.0, 0.0]  # nothing acted on yet
+    assert distance[1].tolist() == [0.0, 1.0, 3.0, 6.0]  # from item 0 only: the initial item 2 does not count
+    assert distance[2].tolist() == [0.0, 0.0, 2.0, 0.0]  # nearest of items 1, 3, 0

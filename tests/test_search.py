@@ -20,18 +20,23 @@ ITEMS, N, K = 25, 3, 6
 
 
 def _model(kind):
+    """A random model whose action head uses item factors and the distance response (weights made non-zero)."""
     torch.manual_seed(1)
-    return MDT4Rec(
+    model = MDT4Rec(
         ModelConfig(
             items=ITEMS,
             state_length=N,
             context_steps=K,
             item_dim=8,
+            factor_dim=4,
             max_return=10.0,
             return_bins=12,
             backbone=BackboneConfig(kind=kind, lora_dropout=0.0),
-        )
+        ),
+        item_factors=torch.randn(ITEMS, 4),
     )
+    torch.nn.init.normal_(model.distance_weights.weight)
+    return model
 
 
 def _context(rng, steps, forbid=False):
@@ -69,17 +74,17 @@ def test_decide_takes_the_candidate_with_the_largest_estimate_and_masks_forbidde
 
 
 @pytest.mark.parametrize(
-    ("kind", "conditioning", "search_lengths", "max_batch_tokens"),
+    ("kind", "conditioning", "search_lengths", "max_batch_tokens", "decoding"),
     [
-        ("tiny-gpt2", "expectile", True, None),
-        ("tiny-gpt2", "expert_sample", True, 20),  # slices of one row
-        ("tiny-gpt2", "expert_sample", False, None),
-        ("tiny-llama", "expectile", True, 40),
-        ("tiny-llama", "expert_sample", True, None),
-        ("tiny-llama", "expert_sample", False, 4096),
+        ("tiny-gpt2", "expectile", True, None, "argmax"),
+        ("tiny-gpt2", "expert_sample", True, 20, "sample"),  # slices of one row
+        ("tiny-gpt2", "expert_sample", False, None, "argmax"),
+        ("tiny-llama", "expectile", True, 40, "sample"),
+        ("tiny-llama", "expert_sample", True, None, "argmax"),
+        ("tiny-llama", "expert_sample", False, 4096, "sample"),
     ],
 )
-def test_batched_search_equals_the_one_at_a_time_loop(kind, conditioning, search_lengths, max_batch_tokens):
+def test_batched_search_equals_the_one_at_a_time_loop(kind, conditioning, search_lengths, max_batch_tokens, decoding):
     model = _model(kind)
     rng = np.random.default_rng(0)
     contexts = [_context(rng, steps, forbid=steps % 2 == 0) for steps in (1, 2, 5, 6, 9, 14)]
@@ -89,6 +94,8 @@ def test_batched_search_equals_the_one_at_a_time_loop(kind, conditioning, search
         kappa=2.0,
         top_k=5,
         search=search_lengths,
+        decoding=decoding,
+        sample_from=8,
         max_batch_tokens=max_batch_tokens,
     )
     batched = search(model, contexts, config, seed=3)

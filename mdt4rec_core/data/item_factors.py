@@ -1,7 +1,8 @@
 """Item vectors factorised from the training logs: what the logged ratings say about how items relate.
 
-Alternating least squares on the observed (user, item, feedback) triples, centred by the global mean, L2-regularised
-in proportion to each row's count. The item factors are then mapped so that Euclidean distances between item vectors
+Alternating least squares on the observed (user, item, feedback) triples, L2-regularised in proportion to each row's
+count, not centred: an item's vector carries the level of its predicted ratings as well as their pattern, and the
+level is what a user's reward is. The item factors are then mapped so that Euclidean distances between item vectors
 equal the root-mean-square difference of the two items' predicted ratings over the training users: the geometry a
 recommender needs to tell items that users rate alike from items they rate differently. Only the training logs are
 read: never a simulator's ground truth.
@@ -42,9 +43,8 @@ def factorise_items(
     n_users = int(user_index.max()) + 1 if len(user_index) else 0
     if n_users == 0 or dim == 0:
         return np.zeros((n_items, dim), dtype=np.float32)
-    centred = feedback.astype(np.float64) - float(feedback.mean())
     shape = (n_users, n_items)
-    ratings = sp.csr_matrix((centred, (user_index, items)), shape=shape)
+    ratings = sp.csr_matrix((feedback.astype(np.float64), (user_index, items)), shape=shape)
     indicator = sp.csr_matrix((np.ones(len(items)), (user_index, items)), shape=shape)
     rng = np.random.default_rng(seed)
     item_factors = rng.normal(0.0, 0.1, (n_items, dim))

@@ -59,6 +59,11 @@ class ModelConfig(StrictModel):
     factor_dim: int = Field(
         0, ge=0, description="width of the frozen item vectors factorised from the training logs (0: none)"
     )
+    distance_head: bool = Field(
+        True,
+        description="the action head also scores each item by its distance (in the log-factor space) to the items "
+        "already acted on in the episode, with weights read from R_t (needs factor_dim > 0)",
+    )
     embedding: Literal["mlp", "linear"] = "mlp"
     state_encoder: Literal["mean", "gru", "sasrec"] = "mean"
     backbone: BackboneConfig = BackboneConfig()

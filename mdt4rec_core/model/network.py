@@ -18,6 +18,34 @@ from mdt4rec_core.model.config import TOKENS_PER_STEP, ModelConfig
 from mdt4rec_core.model.embeddings import ResidualMLP, StateEncoder, token_embedding
 from mdt4rec_core.model.packing import pack_suffixes
 
+DISTANCE_KNOTS = (0.5, 1.0, 1.5)
+"""Knots of the piecewise-linear distance response, in units of the item factors' RMS norm (1)."""
+
+
+def nearest_acted_distance(
+    factors: torch.Tensor, state_items: torch.Tensor, state_mask: torch.Tensor, timesteps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance of every item to the nearest item already acted on in the episode, in the item-factor space.
+
+    ``factors`` (I + 1, F) (the last row: padding); ``state_items`` / ``state_mask`` (..., N) and ``timesteps`` (...)
+    of the step's state. The state's oldest item is the episode's initial item exactly when the state holds
+    timestep + 1 items: it was not acted on, so it does not count. Returns (distances (..., I), acted (...) bool:
+    whether any item was acted on; distances are 0 where none was).
+    """
+    catalogue = factors[:-1]
+    acted_mask = state_mask.clone()
+    holds_initial = state_mask.sum(-1) == timesteps + 1
+    acted_mask[..., 0] &= ~holds_initial
+    squared = catalogue.square().sum(-1)  # (I,)
+    nearest = torch.full((*state_items.shape[:-1], len(catalogue)), torch.inf, device=factors.device)
+    for slot in range(state_items.shape[-1]):
+        recent = factors[state_items[..., slot]]  # (..., F)
+        distance = squared + recent.square().sum(-1, keepdim=True) - 2 * recent @ catalogue.T
+        distance = torch.where(acted_mask[..., slot, None], distance, torch.inf)
+        nearest = torch.minimum(nearest, distance)
+    acted = acted_mask.any(-1)
+    return torch.where(acted[..., None], nearest.clamp(min=0).sqrt(), 0.0), acted
+
 
 @dataclass
 class TrajectoryBatch:
@@ -94,6 +122,11 @@ class MDT4Rec(nn.Module):
         self.embed_timestep = nn.Embedding(config.max_timestep + 1, width)
         self.norm = nn.LayerNorm(width)
         self.action_head = ResidualMLP(width, item_width)
+        if config.distance_head and config.factor_dim:
+            # Per R_t: weights of the piecewise-linear response to an item's distance from what was acted on.
+            self.distance_weights = nn.Linear(width, 1 + len(DISTANCE_KNOTS))
+            nn.init.zeros_(self.distance_weights.weight)
+            nn.init.zeros_(self.distance_weights.bias)
         self.max_return_head = nn.Linear(width, 1)
         self.return_bin_head = nn.Linear(width, config.return_bins)
 
@@ -127,9 +160,20 @@ class MDT4Rec(nn.Module):
     def _catalogue(self, device: torch.device) -> torch.Tensor:
         return self.item_vectors(torch.arange(self.config.items, device=device))
 
-    def _action_logits(self, return_hidden: torch.Tensor) -> torch.Tensor:
-        """(..., H) hidden states of R tokens -> (..., I) scores of every catalogue item."""
-        return self.action_head(return_hidden) @ self._catalogue(return_hidden.device).T + self.item_bias
+    def _action_logits(
+        self, return_hidden: torch.Tensor, state_items: torch.Tensor, state_mask: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """(..., H) hidden states of R tokens and the (..., N) states and (...) timesteps of their steps -> (..., I)
+        scores of every catalogue item: similarity to the head's output, item bias, and (``distance_head``) a
+        response to the item's distance from the items acted on, shaped by R_t."""
+        logits = self.action_head(return_hidden) @ self._catalogue(return_hidden.device).T + self.item_bias
+        if not hasattr(self, "distance_weights"):
+            return logits
+        with torch.no_grad():
+            distance, _ = nearest_acted_distance(self.item_factors, state_items, state_mask, timesteps)
+            features = torch.stack([distance, *(torch.relu(distance - knot) for knot in DISTANCE_KNOTS)], dim=-1)
+        weights = self.distance_weights(return_hidden)  # (..., 1 + knots)
+        return logits + (features @ weights.unsqueeze(-1)).squeeze(-1)
 
     def forward(self, batch: TrajectoryBatch, last_step_only: bool = False) -> ModelOutput:
         """Outputs for every step, or (``last_step_only``, T = 1 in the outputs) for the window's last step only:
@@ -140,8 +184,11 @@ class MDT4Rec(nn.Module):
         if last_step_only:
             hidden = hidden[:, -1:]
         state_hidden, return_hidden = hidden[:, :, 0], hidden[:, :, 1]
+        steps = slice(-1, None) if last_step_only else slice(None)
         return ModelOutput(
-            action_logits=self._action_logits(return_hidden),
+            action_logits=self._action_logits(
+                return_hidden, batch.state_items[:, steps], batch.state_mask[:, steps], batch.timesteps[:, steps]
+            ),
             max_return=self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return,
             return_bin_logits=self.return_bin_head(state_hidden),
         )
@@ -199,8 +246,12 @@ class MDT4Rec(nn.Module):
         if condition is None:
             state_hidden = hidden[packed.state_slot]
             max_return = self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return
+        at_decision = [
+            value[:, -1].repeat_interleave(per_user, dim=0)
+            for value in (batch.state_items, batch.state_mask, batch.timesteps)
+        ]
         return DecisionOutput(
-            action_logits=self._action_logits(hidden[packed.return_slot]),
+            action_logits=self._action_logits(hidden[packed.return_slot], *at_decision),
             max_return=max_return,
             return_bin_logits=self.return_bin_head(state_hidden),
             returns_to_go=target,
