@@ -168,8 +168,7 @@ def test_the_distance_response_counts_only_items_acted_on_not_the_initial_item()
     # step 0: only the initial item (2); step 1: initial 2 then action 0; step 3 of an episode without initial item.
     items = torch.tensor([[2, pad, pad], [2, 0, pad], [1, 3, 0]])
     mask = items != pad
-    distance, acted = nearest_acted_distance(factors, items, mask, torch.tensor([0, 1, 3]))
-    assert acted.tolist() == [False, True, True]
+    distance = nearest_acted_distance(factors, items, mask, torch.tensor([0, 1, 3]))
     assert distance[0].tolist() == [0.0, 0.0, 0.0, 0.0]  # nothing acted on yet
     assert distance[1].tolist() == [0.0, 1.0, 3.0, 6.0]  # from item 0 only: the initial item 2 does not count
     assert distance[2].tolist() == [0.0, 0.0, 2.0, 0.0]  # nearest of items 1, 3, 0

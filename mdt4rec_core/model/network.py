@@ -24,27 +24,26 @@ DISTANCE_KNOTS = (0.5, 1.0, 1.5)
 
 def nearest_acted_distance(
     factors: torch.Tensor, state_items: torch.Tensor, state_mask: torch.Tensor, timesteps: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distance of every item to the nearest item already acted on in the episode, in the item-factor space.
+) -> torch.Tensor:
+    """(..., I) distance of every item to the nearest item already acted on in the episode, in the item-factor space;
+    0 where nothing was acted on yet.
 
     ``factors`` (I + 1, F) (the last row: padding); ``state_items`` / ``state_mask`` (..., N) and ``timesteps`` (...)
     of the step's state. The state's oldest item is the episode's initial item exactly when the state holds
-    timestep + 1 items: it was not acted on, so it does not count. Returns (distances (..., I), acted (...) bool:
-    whether any item was acted on; distances are 0 where none was).
+    timestep + 1 items: it was not acted on, so it does not count. One matmul of augmented vectors gives every squared
+    distance, ||c||^2 + ||r||^2 - 2 c.r, with slots not acted on pushed out of reach.
     """
     catalogue = factors[:-1]
-    acted_mask = state_mask.clone()
-    holds_initial = state_mask.sum(-1) == timesteps + 1
-    acted_mask[..., 0] &= ~holds_initial
-    squared = catalogue.square().sum(-1)  # (I,)
-    nearest = torch.full((*state_items.shape[:-1], len(catalogue)), torch.inf, device=factors.device)
-    for slot in range(state_items.shape[-1]):
-        recent = factors[state_items[..., slot]]  # (..., F)
-        distance = squared + recent.square().sum(-1, keepdim=True) - 2 * recent @ catalogue.T
-        distance = torch.where(acted_mask[..., slot, None], distance, torch.inf)
-        nearest = torch.minimum(nearest, distance)
-    acted = acted_mask.any(-1)
-    return torch.where(acted[..., None], nearest.clamp(min=0).sqrt(), 0.0), acted
+    acted = state_mask.clone()
+    acted[..., 0] &= state_mask.sum(-1) != timesteps + 1
+    recent = factors[state_items]  # (..., N, F)
+    unreachable = torch.where(acted, 0.0, torch.finfo(factors.dtype).max / 4).unsqueeze(-1)
+    recent = torch.cat(
+        [-2 * recent, torch.ones_like(unreachable), recent.square().sum(-1, keepdim=True) + unreachable], -1
+    )
+    columns = torch.cat([catalogue, catalogue.square().sum(-1, keepdim=True), torch.ones_like(catalogue[:, :1])], -1)
+    nearest = (recent @ columns.T).amin(dim=-2).clamp(min=0).sqrt()  # (..., I)
+    return torch.where(acted.any(-1, keepdim=True), nearest, 0.0)
 
 
 @dataclass
@@ -160,35 +159,44 @@ class MDT4Rec(nn.Module):
     def _catalogue(self, device: torch.device) -> torch.Tensor:
         return self.item_vectors(torch.arange(self.config.items, device=device))
 
-    def _action_logits(
-        self, return_hidden: torch.Tensor, state_items: torch.Tensor, state_mask: torch.Tensor, timesteps: torch.Tensor
-    ) -> torch.Tensor:
-        """(..., H) hidden states of R tokens and the (..., N) states and (...) timesteps of their steps -> (..., I)
-        scores of every catalogue item: similarity to the head's output, item bias, and (``distance_head``) a
-        response to the item's distance from the items acted on, shaped by R_t."""
+    def _action_logits(self, return_hidden: torch.Tensor, distance: torch.Tensor | None) -> torch.Tensor:
+        """(..., H) hidden states of R tokens -> (..., I) scores of every catalogue item: similarity to the head's
+        output, item bias, and (``distance_head``) a piecewise-linear response to ``distance`` (..., I), the item's
+        distance from the items acted on (``nearest_acted_distance``), with weights read from R_t."""
         logits = self.action_head(return_hidden) @ self._catalogue(return_hidden.device).T + self.item_bias
-        if not hasattr(self, "distance_weights"):
+        if distance is None:
             return logits
+        weights = self.distance_weights(return_hidden).unsqueeze(-2)  # (..., 1, 1 + knots)
+        logits = logits + weights[..., 0] * distance
+        for k, knot in enumerate(DISTANCE_KNOTS, start=1):
+            logits = logits + weights[..., k] * torch.relu(distance - knot)
+        return logits
+
+    def _acted_distance(self, state_items, state_mask, timesteps) -> torch.Tensor | None:
+        """``nearest_acted_distance`` of the given states when the distance head is on (no gradient flows)."""
+        if not hasattr(self, "distance_weights"):
+            return None
         with torch.no_grad():
-            distance, _ = nearest_acted_distance(self.item_factors, state_items, state_mask, timesteps)
-            features = torch.stack([distance, *(torch.relu(distance - knot) for knot in DISTANCE_KNOTS)], dim=-1)
-        weights = self.distance_weights(return_hidden)  # (..., 1 + knots)
-        return logits + (features @ weights.unsqueeze(-1)).squeeze(-1)
+            return nearest_acted_distance(self.item_factors, state_items, state_mask, timesteps)
 
     def forward(self, batch: TrajectoryBatch, last_step_only: bool = False) -> ModelOutput:
         """Outputs for every step, or (``last_step_only``, T = 1 in the outputs) for the window's last step only:
-        what a decision needs, without (B, T, I) logits."""
+        what a decision needs. Action logits are computed at the real steps only (``step_mask``; short windows are
+        mostly padding) and are 0 at padding steps."""
         b, t = batch.actions.shape
         tokens, token_mask, positions = self._tokens(batch)
         hidden = self.backbone(tokens, token_mask, positions).reshape(b, t, TOKENS_PER_STEP, -1)
-        if last_step_only:
-            hidden = hidden[:, -1:]
-        state_hidden, return_hidden = hidden[:, :, 0], hidden[:, :, 1]
         steps = slice(-1, None) if last_step_only else slice(None)
+        state_hidden, return_hidden = hidden[:, steps, 0], hidden[:, steps, 1]
+        real = batch.step_mask[:, steps]
+        distance = self._acted_distance(
+            batch.state_items[:, steps][real], batch.state_mask[:, steps][real], batch.timesteps[:, steps][real]
+        )
+        logits = self._action_logits(return_hidden[real], distance)
+        action_logits = logits.new_zeros(*real.shape, self.config.items)
+        action_logits[real] = logits
         return ModelOutput(
-            action_logits=self._action_logits(
-                return_hidden, batch.state_items[:, steps], batch.state_mask[:, steps], batch.timesteps[:, steps]
-            ),
+            action_logits=action_logits,
             max_return=self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return,
             return_bin_logits=self.return_bin_head(state_hidden),
         )
@@ -246,12 +254,11 @@ class MDT4Rec(nn.Module):
         if condition is None:
             state_hidden = hidden[packed.state_slot]
             max_return = self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return
-        at_decision = [
-            value[:, -1].repeat_interleave(per_user, dim=0)
-            for value in (batch.state_items, batch.state_mask, batch.timesteps)
-        ]
+        distance = self._acted_distance(batch.state_items[:, -1], batch.state_mask[:, -1], batch.timesteps[:, -1])
+        if distance is not None:
+            distance = distance.repeat_interleave(per_user, dim=0)  # every candidate of a user shares its state
         return DecisionOutput(
-            action_logits=self._action_logits(hidden[packed.return_slot], *at_decision),
+            action_logits=self._action_logits(hidden[packed.return_slot], distance),
             max_return=max_return,
             return_bin_logits=self.return_bin_head(state_hidden),
             returns_to_go=target,
