@@ -388,6 +388,70 @@ def recommend(
     _run(command, as_json, render)
 
 
+StudySetOption = typer.Option(
+    None, "--set", help="Override a budget key: --set episodes=100, --set arms=[random,mdt4rec]"
+)
+
+
+@app.command()
+def study(
+    dataset: str | None = typer.Option(
+        None, "--dataset", "-d", help="conf/datasets/<name>.yaml (default: the budget's dataset)."
+    ),
+    budget: str = typer.Option("smoke", "--budget", help="conf/studies/<budget>.yaml: smoke, cpu or gpu."),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds 0..N-1 of every (protocol, arm)."),
+    store: str | None = StoreOption,
+    out: str = typer.Option("studies", "--out", help="The study goes to <out>/<dataset>-<budget>/ (resumed there)."),
+    results: str | None = typer.Option(
+        None,
+        "--results",
+        help="Also write the table into this markdown file, between <!-- study:<dataset>:<budget>:begin/end -->.",
+    ),
+    overrides: list[str] | None = StudySetOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run a study: every arm (MDT4Rec, its ablations, the baselines) x protocol x seed on the same trajectories and
+    simulator, then summarise it, log it to MLflow (MLFLOW_TRACKING_URI or conf/pipeline.yaml) and print the table.
+    Finished cells are reused: an interrupted study resumes where it stopped."""
+
+    def command() -> dict[str, Any]:
+        from pathlib import Path
+
+        from mdt4rec_core.config import load_pipeline_config
+        from tasks import study as steps
+        from tasks.tracking import connect
+
+        assignments = list(overrides or [])
+        config = steps.load_budget(budget, assignments, dataset)  # bad input fails here, before any work
+        steps.study_dataset(config)
+        steps.plan_cells(config, seeds, Path(out))
+        steps.check_study_folder(steps.study_root(out, config.dataset, budget), config)
+        pipeline = load_pipeline_config(store=store)
+        client = connect(pipeline.tracking)
+        result = steps.run_study(budget, seeds, pipeline.store, out, assignments, dataset)
+        result["mlflow"] = steps.log_study(pipeline.tracking, result, client)
+        if results:
+            markdown = Path(result["paths"]["markdown"]).read_text(encoding="utf-8")
+            steps.replace_section(Path(results), result["dataset"], budget, markdown)
+            result["paths"]["results"] = results
+        return steps.json_ready(result)
+
+    def render(r: dict[str, Any]) -> None:
+        from pathlib import Path
+
+        markdown = Path(r["paths"]["markdown"]).read_text(encoding="utf-8")
+        console.print(markdown, markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"{len(r['cells'])} cells ({r['cells_reused']} reused) in {r['seconds']:.0f} s; study in "
+            f"{r['paths']['folder']}; MLflow run {r['mlflow']['parent_run_id']} in {r['mlflow']['experiment']} at "
+            f"{r['mlflow']['tracking_uri']}" + (f"; table written to {r['paths']['results']}" if results else ""),
+            markup=False,
+            soft_wrap=True,
+        )
+
+    _run(command, as_json, render)
+
+
 def _format(value: str | None):
     from typing import get_args
 
