@@ -408,6 +408,9 @@ def study(
         help="Also write the table into this markdown file, between <!-- study:<dataset>:<budget>:begin/end -->.",
     ),
     overrides: list[str] | None = StudySetOption,
+    finished_only: bool = typer.Option(
+        False, "--finished-only", help="Run nothing: summarise the finished cells (a study still running elsewhere)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Run a study: every arm (MDT4Rec, its ablations, the baselines) x protocol x seed on the same trajectories and
@@ -428,7 +431,7 @@ def study(
         steps.check_study_folder(steps.study_root(out, config.dataset, budget), config)
         pipeline = load_pipeline_config(store=store)
         client = connect(pipeline.tracking)
-        result = steps.run_study(budget, seeds, pipeline.store, out, assignments, dataset)
+        result = steps.run_study(budget, seeds, pipeline.store, out, assignments, dataset, finished_only)
         result["mlflow"] = steps.log_study(pipeline.tracking, result, client)
         if results:
             markdown = Path(result["paths"]["markdown"]).read_text(encoding="utf-8")

@@ -5,11 +5,14 @@ A budget (``conf/studies/<name>.yaml``) fixes the dataset, the protocols and mod
 model preset and the baselines' training sizes, and the arms. Every arm of a protocol trains on that protocol's
 quit-aware trajectory set; seed s trains with seed s and plays ``episodes`` episodes with evaluation seed s, so the
 seeds of every arm meet the same users and initial items. A finished cell is a ``cell.json`` in its folder and is
-never run again; a model arm's training resumes from its checkpoint, so a study survives interruption.
+never run again; a model arm's training resumes from its checkpoint, so a study survives interruption. Model arms
+that differ only in their search settings (MDT4Rec and -Max, DT and EDT) share one trained model per seed, kept in
+``<protocol>/models/<settings hash>-seed-<s>/``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -55,6 +58,9 @@ ARMS: dict[str, Arm] = {
     "mdt4rec": Arm("model", "MDT4Rec"),
     "mdt4rec-lm": Arm("model", "-LM: random-init backbone", _RANDOM_INIT),
     "mdt4rec-max": Arm("model", "-Max: no search", {}, {"search": False}),
+    "mdt4rec-expert": Arm(
+        "model", "conditioned on a draw from the return bins tilted by exp(10 r)", {}, {"conditioning": "expert_sample"}
+    ),
     "mdt4rec-linear": Arm("model", "linear embeddings", {"embedding": "linear"}),
     "mdt4rec-factors": Arm("model", "without the item vectors from the logs", {"factor_dim": 0}),
     "mdt4rec-distance": Arm("model", "without the distance-aware action head", {"distance_head": False}),
@@ -139,15 +145,17 @@ def _train_policy(inputs: CellInputs, config: StudyConfig, name: str, seed: int,
     stats = trajectories.stats
     if arm.kind == "random":
         return RandomPolicy(environment.info.items), {"held_out_action_ce": math.log(environment.info.items)}
-    if arm.kind == "popularity":
-        counts = np.bincount(trajectories.steps["action"].to_numpy(), minlength=environment.info.items)
-        return PopularityPolicy(counts), {}
     if arm.kind == "replay":
         from mdt4rec_core.baselines.replay import LoggedReplayPolicy
 
         return LoggedReplayPolicy(trajectories.steps), {}
     held_out = _validation_steps(trajectories.steps, 0.05)
     training_steps, validation_steps = trajectories.steps.filter(~held_out), trajectories.steps.filter(held_out)
+    if arm.kind == "popularity":
+        counts = np.bincount(trajectories.steps["action"].to_numpy(), minlength=environment.info.items)
+        trained = np.bincount(training_steps["action"].to_numpy(), minlength=environment.info.items) + 1.0
+        ce = float(-np.log(trained / trained.sum())[validation_steps["action"].to_numpy()].mean())
+        return PopularityPolicy(counts), {"held_out_action_ce": ce}
     if arm.kind == "sasrec":
         from mdt4rec_core.baselines.sasrec import (
             SASRec,
@@ -187,11 +195,13 @@ def _train_policy(inputs: CellInputs, config: StudyConfig, name: str, seed: int,
     from mdt4rec_core.inference.policy import CheckpointPolicy
     from mdt4rec_core.train import train_on_trajectories
 
-    summary = train_on_trajectories(
-        inputs.store_uri, config.dataset, trajectories, model_arm_preset(config, arm, seed), folder / "model"
-    )
-    policy = CheckpointPolicy(folder / "model" / "checkpoint", environment.catalogue, model_arm_search(config, arm))
+    preset = model_arm_preset(config, arm, seed)
+    fingerprint = hashlib.sha256(preset.model_dump_json().encode()).hexdigest()[:12]
+    model_folder = folder.parent.parent / "models" / f"{fingerprint}-seed-{seed}"
+    summary = train_on_trajectories(inputs.store_uri, config.dataset, trajectories, preset, model_folder)
+    policy = CheckpointPolicy(model_folder / "checkpoint", environment.catalogue, model_arm_search(config, arm))
     report = {
+        "model_folder": str(model_folder),
         "held_out_action_ce": summary["val_action_ce"],
         "popularity_action_ce": summary["popularity_action_ce"],
         "train_seconds": summary["seconds"],

@@ -202,9 +202,12 @@ def run_study(
     out: str | Path,
     overrides: list[str] = (),
     dataset: str | None = None,
+    finished_only: bool = False,
 ) -> dict[str, Any]:
     """Run the study ``budget`` with ``seeds`` seeds, cell after cell (finished cells are reused), into
-    ``<out>/<dataset>-<budget>/``; its summary (rows, paths, seconds; JSON-ready)."""
+    ``<out>/<dataset>-<budget>/``; its summary (rows, paths, seconds; JSON-ready). ``finished_only`` runs nothing
+    and summarises the cells that are finished (a study still running, or one whose arms ran with different seeds
+    in separate processes)."""
     started = time.perf_counter()
     overrides = list(overrides)
     config = load_budget(budget, overrides, dataset)
@@ -213,6 +216,13 @@ def run_study(
     cells = plan_cells(config, seeds, root)
     check_study_folder(root, config)
     records, reused = [], 0
+    if finished_only:
+        done = [c.folder / "cell.json" for c in cells if (c.folder / "cell.json").is_file()]
+        records = [json.loads(path.read_text(encoding="utf-8")) for path in done]
+        if not records:
+            raise InputError(f"{root} holds no finished cell of this study")
+        command = study_command(budget, seeds, store_uri, out, overrides, dataset) + " --finished-only"
+        return summarise_study(config, budget, seeds, records, root, command, 0.0, len(records))
     for protocol in config.protocols:
         inputs = prepare_protocol(store_uri, source, protocol)
         for cell in (c for c in cells if c.protocol == protocol):
@@ -289,13 +299,14 @@ def study_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     by_key = {(r["protocol"], r["arm"], r["mode"]): r for r in rows}
     for protocol in protocols:
         arms = list(dict.fromkeys(r["arm"] for r in rows if r["protocol"] == protocol))
-        header = ["arm", *(f"R_cumu {m}" for m in modes), f"Length {primary}", f"R_avg {primary}"]
+        header = ["arm", "seeds", *(f"R_cumu {m}" for m in modes), f"Length {primary}", f"R_avg {primary}"]
         header += [f"distinct items {primary}", "CE"]
         lines += ["", f"#### Protocol `{protocol}`", "", "| " + " | ".join(header) + " |"]
         lines.append("|---|" + "---:|" * (len(header) - 1))
         for arm in arms:
             main = by_key.get((protocol, arm, primary))
-            cells = [f"`{arm}`", *(_r_cumu_cell(by_key.get((protocol, arm, m))) for m in modes)]
+            seeds = str(main["seeds"]) if main is not None else "–"
+            cells = [f"`{arm}`", seeds, *(_r_cumu_cell(by_key.get((protocol, arm, m))) for m in modes)]
             if main is None:
                 cells += ["–"] * 4
             else:

@@ -31,7 +31,7 @@ from mdt4rec_core.model.network import MDT4Rec
 @dataclass(frozen=True)
 class SearchConfig:
     delta: int = 2
-    conditioning: Literal["expert_sample", "expectile"] = "expert_sample"
+    conditioning: Literal["expectile", "expert_sample"] = "expectile"  # expectile: R_t = Rmax_w, EDT's default
     kappa: float = 10.0  # expert weight on the normalised bin position (EDT's convention)
     top_k: int = 10
     search: bool = True  # False: the "-Max" ablation (full history, plain DT conditioning on the running return)
