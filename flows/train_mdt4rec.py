@@ -100,7 +100,7 @@ def train_mdt4rec(
             evaluation.seeds,
         ),
         float(gate_row["R_cumu"]),
-        {row["policy"]: float(row["R_cumu"] + row["R_cumu_ci95"]) for row in baselines},
+        {row["policy"]: tracking.upper_bound(row["R_cumu"], row["R_cumu_ci95"]) for row in baselines},
     )
     registered = record_and_register(client, plan, ingest, trained, evaluations, gate, baselines)
     summary.update(

@@ -12,6 +12,7 @@ that differ only in their search settings (MDT4Rec and -Max, DT and EDT) share o
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -62,7 +63,9 @@ ARMS: dict[str, Arm] = {
         "model", "conditioned on a draw from the return bins tilted by exp(10 r)", {}, {"conditioning": "expert_sample"}
     ),
     "mdt4rec-linear": Arm("model", "linear embeddings", {"embedding": "linear"}),
-    "mdt4rec-factors": Arm("model", "without the item vectors from the logs", {"factor_dim": 0}),
+    "mdt4rec-factors": Arm(
+        "model", "without the item vectors from the logs (and so without the distance head)", {"factor_dim": 0}
+    ),
     "mdt4rec-distance": Arm("model", "without the distance-aware action head", {"distance_head": False}),
     "mdt4rec-frozen": Arm("model", "frozen backbone", {"backbone": {"adaptation": "frozen"}}),
     "mdt4rec-full": Arm("model", "full fine-tuning", {"backbone": {"adaptation": "full_finetune"}}),
@@ -196,9 +199,12 @@ def _train_policy(inputs: CellInputs, config: StudyConfig, name: str, seed: int,
     from mdt4rec_core.train import train_on_trajectories
 
     preset = model_arm_preset(config, arm, seed)
-    fingerprint = hashlib.sha256(preset.model_dump_json().encode()).hexdigest()[:12]
-    model_folder = folder.parent.parent / "models" / f"{fingerprint}-seed-{seed}"
-    summary = train_on_trajectories(inputs.store_uri, config.dataset, trajectories, preset, model_folder)
+    made_of = preset.model_dump_json() + stats.version
+    model_folder = folder.parent.parent / "models" / f"{hashlib.sha256(made_of.encode()).hexdigest()[:12]}-seed-{seed}"
+    model_folder.mkdir(parents=True, exist_ok=True)
+    with open(model_folder / ".lock", "w") as lock:  # one process trains a shared model; the others wait, then reuse
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        summary = train_on_trajectories(inputs.store_uri, config.dataset, trajectories, preset, model_folder)
     policy = CheckpointPolicy(model_folder / "checkpoint", environment.catalogue, model_arm_search(config, arm))
     report = {
         "model_folder": str(model_folder),

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mdt4rec_core.config import StrictModel
 from mdt4rec_core.data.windows import EpisodeArrays, episode_arrays, sample_windows
+from mdt4rec_core.errors import InputError
 from mdt4rec_core.model.checkpoint import load_checkpoint, save_checkpoint, saved_state
 from mdt4rec_core.model.config import ModelConfig
 from mdt4rec_core.model.language import TextCorpus, item_corpus
@@ -123,7 +124,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
     state_file, checkpoint = out / "training_state.json", out / "checkpoint"
     start, history = 0, {"train_loss": [], "validation_loss": [], "validation_action_ce": []}
     if state_file.is_file():
-        start, history = _resume(model, optimizer, scheduler, out)
+        start, history = _resume(model, optimizer, scheduler, out, data.metadata)
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     started, windows = time.perf_counter(), 0
     with _progress(rank) as progress:
@@ -192,7 +193,9 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
 
 
 def _validation_batches(data: TrainingData, model_config: ModelConfig, config: TrainConfig):
-    """The fixed validation windows (the same ones at every validation), every one conditioned on its returns."""
+    """The fixed validation windows (the same ones at every validation), all without returns-to-go: the logged
+    return-to-go of a step tells whether the user left there, which would flatter the action cross-entropy against
+    models that have no such input; and only such windows validate the max-return heads."""
     rng = np.random.default_rng([config.seed, 999])
     for _ in range(config.validation_batches):
         yield sample_windows(
@@ -202,6 +205,7 @@ def _validation_batches(data: TrainingData, model_config: ModelConfig, config: T
             model_config.context_steps,
             rng,
             config.padding_side,
+            unconditioned_fraction=1.0,
         )
 
 
@@ -241,10 +245,19 @@ def _save(model, optimizer, scheduler, data: TrainingData, out: Path, step: int,
     (out / ".training_state.json.tmp").replace(out / "training_state.json")
 
 
-def _resume(model, optimizer, scheduler, out: Path) -> tuple[int, dict]:
+def _resume(model, optimizer, scheduler, out: Path, metadata: dict) -> tuple[int, dict]:
+    """Continue the run in ``out``; one that trained another model or on other data is an InputError (resuming it
+    would report the old checkpoint as trained on the new data)."""
     state = json.loads((out / "training_state.json").read_text())
     state["history"].setdefault("validation_action_ce", [])
-    restored, _, _ = load_checkpoint(out / "checkpoint")
+    restored, _, saved_metadata = load_checkpoint(out / "checkpoint")
+    if restored.config != model.config or saved_metadata.get("trajectory_version") != metadata.get(
+        "trajectory_version"
+    ):
+        raise InputError(
+            f"{out} holds a run of another model or trajectory set "
+            f"({saved_metadata.get('trajectory_version')}); choose a new --out to train on this one"
+        )
     model.load_state_dict(saved_state(restored), strict=False)
     saved = torch.load(out / "optimizer.pt", weights_only=True)  # tensors and numbers only: nothing unpickled
     optimizer.load_state_dict(saved["optimizer"])

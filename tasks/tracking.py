@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -108,6 +109,11 @@ class Gate:
     key: str
     score: float
     floors: dict[str, float] = field(default_factory=dict)
+
+
+def upper_bound(mean: float, half_width: float) -> float:
+    """The upper end of a 95 % interval; the mean itself when the interval is undefined (a single episode)."""
+    return float(mean + half_width) if math.isfinite(half_width) else float(mean)
 
 
 def gate_key(environment_version: str, mode: str, protocol: str, episodes: int, seeds: int) -> str:

@@ -127,7 +127,11 @@ def test_expert_sampling_weights_the_normalised_bin_position(max_return):
     )
     draws = torch.linspace(0, 1, 20001)[:-1]
     targets = _conditioning(
-        model, torch.zeros(len(draws)), torch.zeros(len(draws), bins), SearchConfig(kappa=kappa), draws
+        model,
+        torch.zeros(len(draws)),
+        torch.zeros(len(draws), bins),
+        SearchConfig(conditioning="expert_sample", kappa=kappa),
+        draws,
     )
     positions = torch.round(targets / max_return * bins - 0.5).long()
     share = torch.bincount(positions, minlength=bins).float() / len(draws)

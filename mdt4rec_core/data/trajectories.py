@@ -309,6 +309,10 @@ def load_trajectories(store: Store, dataset: str, version: str | None = None) ->
     folder = trajectory_dir(dataset, stats.version)
     steps = pl.read_parquet([store.url(p) for p in store.files(f"{folder}/steps", ".parquet")])
     catalogue = pl.read_parquet(store.url(f"{folder}/catalogue.parquet"))
+    if not store.exists(f"{folder}/item_factors.parquet"):
+        raise InputError(
+            f"{store.url(folder)} was built by an earlier version (no item factors): run mdt4rec ingest to rebuild it"
+        )
     factors = pl.read_parquet(store.url(f"{folder}/item_factors.parquet"))["vector"]
     width = factors.dtype.size if isinstance(factors.dtype, pl.Array) else 0
     item_factors = factors.to_numpy().astype(np.float32).reshape(catalogue.height, width)

@@ -176,8 +176,9 @@ class MDT4Rec(nn.Module):
         """``nearest_acted_distance`` of the given states when the distance head is on (no gradient flows)."""
         if not hasattr(self, "distance_weights"):
             return None
-        with torch.no_grad():
-            return nearest_acted_distance(self.item_factors, state_items, state_mask, timesteps)
+        with torch.no_grad(), torch.autocast(self.item_factors.device.type, enabled=False):
+            # fp32 even under bf16 autocast: distances differ by ~0.1 in bf16, a fifth of a knot interval
+            return nearest_acted_distance(self.item_factors.float(), state_items, state_mask, timesteps)
 
     def forward(self, batch: TrajectoryBatch, last_step_only: bool = False) -> ModelOutput:
         """Outputs for every step, or (``last_step_only``, T = 1 in the outputs) for the window's last step only:
