@@ -94,8 +94,8 @@ def run_episodes(env_id: str, policy: Policy, mode: Mode, episodes: int, seed: i
 
 class CatalogueMappedPolicy:
     """Runs a policy that speaks catalogue indices (a checkpoint trained on SARDINE logs) in a SARDINE environment,
-    whose actions are SARDINE's integer item ids: histories and masks are translated in, actions out. Items never
-    logged are not in the catalogue, so the policy never recommends them."""
+    whose actions are SARDINE's integer item ids: initial items, histories and masks are translated in, actions out.
+    Items never logged are not in the catalogue, so the policy never recommends them."""
 
     def __init__(self, inner: Policy, catalogue: pl.DataFrame, n_items: int):
         self.inner = inner
@@ -109,7 +109,7 @@ class CatalogueMappedPolicy:
         allowed = None if observation.allowed is None else observation.allowed[:, self.to_env]
         translated = Observation(
             observation.users,
-            observation.initial_items,
+            self.to_index[observation.initial_items],  # -1: an initial item never logged
             history,
             observation.history_rewards,
             observation.steps,

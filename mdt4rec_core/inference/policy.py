@@ -45,7 +45,7 @@ class CheckpointPolicy:
                 self.model.config.state_length,
                 self.model.config.max_return,
                 exclude_seen=False,
-                initial_item=int(observation.initial_items[row]),
+                initial_item=int(observation.initial_items[row]) if observation.initial_items[row] >= 0 else None,
             )
             if observation.allowed is not None:
                 context.forbidden = ~observation.allowed[row]
