@@ -62,6 +62,12 @@ ARMS: dict[str, Arm] = {
     "mdt4rec-expert": Arm(
         "model", "conditioned on a draw from the return bins tilted by exp(10 r)", {}, {"conditioning": "expert_sample"}
     ),
+    "mdt4rec-sample": Arm(
+        "model",
+        "recommendations drawn among the 50 best items (Gumbel top-k) instead of the argmax",
+        {},
+        {"decoding": "sample"},
+    ),
     "mdt4rec-linear": Arm("model", "linear embeddings", {"embedding": "linear"}),
     "mdt4rec-factors": Arm(
         "model", "without the item vectors from the logs (and so without the distance head)", {"factor_dim": 0}
