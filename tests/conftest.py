@@ -47,3 +47,16 @@ def stored(store, dataset="log") -> pl.DataFrame:
 def quarantined(store, dataset="log") -> pl.DataFrame:
     scan = store.scan_quarantine(dataset)
     return pl.DataFrame() if scan is None else scan.collect().sort("file", "row")
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris():
+    """mlflow.set_tracking_uri / set_registry_uri also write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into
+    os.environ: put them back after each test, so that no test's MLflow leaks into the servers a later test starts."""
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
