@@ -265,14 +265,28 @@ def record_run(
         now = int(time.time() * 1000)
         metrics = [
             Metric(name, float(value), now, int(step))
-            for name, key in (("train_loss", "train_loss"), ("validation_loss", "validation_loss"))
+            for name, key in (
+                ("train_loss", "train_loss"),
+                ("validation_loss", "validation_loss"),
+                ("validation_action_ce", "validation_action_ce"),
+            )
             for step, value in trained["history"].get(key, [])
         ]
         for row in [*evaluations, *baselines]:
             suffix = f"{row['mode']}_{row['protocol']}" + (f"_{row['policy']}" if row in baselines else "")
             metrics += [Metric(f"{name}_{suffix}", float(row[name]), now, 0) for name in ("R_cumu", "Length", "R_avg")]
             metrics.append(Metric(f"R_cumu_ci95_{suffix}", float(row["R_cumu_ci95"]), now, 0))
-        summary = {k: trained[k] for k in ("trainable_params", "total_params", "seconds", "windows_per_second")}
+        summary = {
+            k: trained.get(k)
+            for k in (
+                "trainable_params",
+                "total_params",
+                "seconds",
+                "windows_per_second",
+                "popularity_action_ce",
+                "uniform_action_ce",
+            )
+        }
         metrics += [Metric(f"train_{k}", float(v), now, 0) for k, v in summary.items() if v is not None]
         for start in range(0, len(params), 100):
             client.log_batch(run_id, params=params[start : start + 100])
