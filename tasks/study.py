@@ -399,17 +399,10 @@ def replace_section(path: Path, dataset: str, budget: str, markdown: str) -> Non
 
 # -- MLflow ------------------------------------------------------------------------------------------------------------
 def study_experiment(client, dataset: str, config: TrackingConfig) -> str:
-    """The experiment ``mdt4rec-study-<dataset>`` (created on first use; local artifacts under ``config.artifacts``,
-    as tasks/tracking.py does for the training experiments)."""
-    from tasks.tracking import tracking_uri
+    """The experiment ``mdt4rec-study-<dataset>``."""
+    from tasks.tracking import named_experiment
 
-    name = f"mdt4rec-study-{dataset}"
-    existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        return existing.experiment_id
-    local = not tracking_uri(config).startswith(("http://", "https://", "databricks"))
-    location = (Path(config.artifacts).resolve() / name).as_uri() if local else None
-    return client.create_experiment(name, artifact_location=location)
+    return named_experiment(client, f"mdt4rec-study-{dataset}", config)
 
 
 def _param_value(value: Any) -> str:

@@ -91,8 +91,12 @@ def connect(config: TrackingConfig) -> MlflowClient:
 
 
 def experiment_id(client: MlflowClient, dataset: str, config: TrackingConfig) -> str:
-    """The experiment of ``dataset`` (created on first use; local artifacts under ``config.artifacts``)."""
-    name = f"mdt4rec-{dataset}"
+    """The experiment of ``dataset``'s training runs."""
+    return named_experiment(client, f"mdt4rec-{dataset}", config)
+
+
+def named_experiment(client: MlflowClient, name: str, config: TrackingConfig) -> str:
+    """The experiment ``name`` (created on first use; local artifacts under ``config.artifacts``)."""
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return existing.experiment_id
