@@ -1,4 +1,5 @@
-"""The ingest-logs flow under a real (temporary) Prefect API: task runs, artifact, and a failing validation."""
+"""Flows under a real (temporary) Prefect API, one for the module (a second harness in the same process can hang when
+it stops): ingest-logs (task runs, artifact, a failing validation) and study-mdt4rec (a task per cell)."""
 
 import asyncio
 
@@ -65,3 +66,33 @@ def test_flow_rejects_an_unknown_override_before_any_work(prefect_api, tmp_path)
     with pytest.raises(Exception, match="unknown configuration key 'trajectories.nope'"):
         state.result()
     assert not (tmp_path / "store").exists()
+
+
+def test_the_study_flow_runs_every_cell_as_a_task(prefect_api, tmp_path, monkeypatch):
+    from flows.study_mdt4rec import study_mdt4rec
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # the MLflow artifacts of conf/pipeline.yaml land here
+    overrides = ["episodes=5", "train.max_steps=2", "protocols=[paper]", "arms=[random,popularity,mdt4rec,mdt4rec-max]"]
+    state = study_mdt4rec(
+        budget="smoke", seeds=1, overrides=overrides, store=str(tmp_path / "store"), out="studies", return_state=True
+    )
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["cells_run"] == 4 and {row["arm"] for row in result["rows"]} == {
+        "random",
+        "popularity",
+        "mdt4rec",
+        "mdt4rec-max",
+    }
+    runs, artifacts = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    names = sorted(run.name.rsplit("-", 1)[0] if run.name.startswith(("prepare", "log")) else run.name for run in runs)
+    assert [n for n in names if n.startswith("cell-")] == [
+        "cell-paper-mdt4rec-max-seed-0",
+        "cell-paper-mdt4rec-seed-0",
+        "cell-paper-popularity-seed-0",
+        "cell-paper-random-seed-0",
+    ]
+    assert "prepare-protocol" in names and "log-study" in names
+    assert all(run.state.is_completed() for run in runs)
+    assert any(a.key == "study-ml-100k-smoke" and "#### Protocol `paper`" in a.data for a in artifacts)

@@ -1,7 +1,6 @@
 """The study end to end on the smoke budget (MovieLens-100K, every arm, both protocols, one seed, few episodes):
 rows, resumability, the store's current trajectory set, MLflow runs, the RESULTS section, the CLI and the flow."""
 
-import asyncio
 import json
 import math
 import os
@@ -250,36 +249,3 @@ def test_run_study_raises_the_same_errors(tmp_path):
     with pytest.raises(InputError, match="--seeds must be at least 1"):
         study.run_study("smoke", 0, str(tmp_path / "store"), tmp_path)
     assert not (tmp_path / "store").exists()
-
-
-def test_the_flow_runs_every_cell_as_a_task(smoke, tmp_path, monkeypatch):
-    """Under a temporary Prefect API, on the study's own folder: every cell is reused, each as its own task run."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.study_mdt4rec import study_mdt4rec
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.chdir(tmp_path)  # the MLflow artifacts of conf/pipeline.yaml land here
-
-    async def task_runs(flow_run_id):
-        async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            artifacts = await client.read_artifacts()
-        return runs, artifacts
-
-    with prefect_test_harness(server_startup_timeout=120):
-        state = study_mdt4rec(
-            budget="smoke", seeds=1, overrides=SMALL, store=str(smoke.store), out=str(smoke.out), return_state=True
-        )
-        assert state.is_completed(), state
-        result = state.result()
-        runs, artifacts = asyncio.run(task_runs(state.state_details.flow_run_id))
-    assert result["cells_reused"] == 2 * len(ARMS) and result["rows"] == smoke.result["rows"]
-    names = [run.name for run in runs]
-    assert sum(name.startswith("cell-") for name in names) == 2 * len(ARMS)
-    assert "cell-strict-mdt4rec-seed-0" in names
-    assert sum(name.startswith("prepare-protocol") for name in names) == 2
-    assert any(name.startswith("log-study") for name in names)
-    assert any(a.key == "study-ml-100k-smoke" and "#### Protocol `paper`" in a.data for a in artifacts)
