@@ -139,18 +139,13 @@ class Backbone(nn.Module):
         output = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), position_ids=position_ids)
         return output.last_hidden_state
 
-    def extend(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None):
-        """Run ``inputs_embeds`` (B, L', H) after the tokens held in ``cache`` (None: from the start).
-        ``attention_mask`` (B, 1, L', L + L') is an additive mask over cached and new tokens (packed sequences
-        bring their own). Returns (hidden (B, L', H), cache)."""
+    def packed(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+        """Last hidden states (B, L, H) of ``inputs_embeds`` (B, L, H) under an additive ``attention_mask``
+        (B, 1, L, L): packed sequences bring their own block-diagonal causal mask and positions."""
         output = self.model.base_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         )
-        return output.last_hidden_state, output.cache
+        return output.last_hidden_state
 
     def language_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy of the backbone on ``input_ids`` (B, L) (padding excluded)."""

@@ -239,7 +239,7 @@ class MDT4Rec(nn.Module):
             """Hidden states (R * L, H) of the packed candidates with ``returns`` (R, L) in their R slots."""
             flags = torch.full(returns.shape, conditioned, device=device)
             tokens = self.norm(torch.where(is_return, self._return_embedding(returns, flags) + packed_time, other))
-            hidden = [self.backbone.extend(tokens[p], packed.mask[p], packed.positions[p])[0] for p in slices]
+            hidden = [self.backbone.packed(tokens[p], packed.mask[p], packed.positions[p]) for p in slices]
             return torch.cat(hidden).reshape(-1, width)
 
         per_user = torch.as_tensor([len(user) for user in lengths], device=device)
