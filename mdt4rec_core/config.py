@@ -119,6 +119,12 @@ class TrajectoryConfig(StrictModel):
     protocol: Literal["paper", "strict"] = Field(
         "paper", description="strict leaves out the users held out for evaluation (and cuts by their simulator)"
     )
+    quit_rule_protocol: Literal["paper", "strict"] | None = Field(
+        None,
+        description="whose simulator's quit rule cuts the episodes when cut by the quit rule (null: the protocol's "
+        "own); paper with protocol strict: the held-out users' logs stay out, and returns mean what the paper "
+        "simulator (the gate's) rewards",
+    )
 
 
 class IngestConfig(StrictModel):

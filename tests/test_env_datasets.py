@@ -125,3 +125,31 @@ def test_strict_trajectories_leave_out_the_evaluation_users(ingest):
     trained_on = set(load_trajectories(store, "ml-100k").steps["user_id"].unique().to_list())
     assert held_out and trained_on and not held_out & trained_on
     assert len(held_out) + len(trained_on) == 943 == summary["users"] + len(held_out)
+
+
+def test_strict_users_can_be_cut_by_the_paper_simulators_quit_rule(ingest):
+    from mdt4rec_core.data.trajectories import load_trajectories
+    from mdt4rec_core.envs.simulator import BatchedEnv
+
+    _, store = ingest(None, format=None, dataset="ml-100k", protocol="strict", quit_rule_protocol="paper")
+    dataset = load_dataset_config("ml-100k")
+    strict, _ = build_or_load(store, dataset, "strict")
+    paper, built = build_or_load(store, dataset, "paper")
+    assert not built  # the trajectory build made the paper simulator for its quit rule
+    steps = load_trajectories(store, "ml-100k").steps
+    held_out = set(strict.user_ids[strict.start_users].tolist())
+    assert not held_out & set(steps["user_id"].unique().to_list())
+    # Every episode runs until the paper simulator's user leaves (or the user's log runs out).
+    last_episode = dict(steps.group_by("user_id").agg(pl.col("episode").max()).iter_rows())
+    ended_by_the_rule = 0
+    episodes = steps.partition_by(["user_id", "episode"], as_dict=True)
+    for user, number in sorted(episodes)[:500]:
+        episode = episodes[(user, number)]
+        actions = episode.sort("step")["action"].to_numpy()
+        env = BatchedEnv(paper.rewards, paper.quit_rule, "FB")
+        env.reset(np.array([0]), np.array([0]))
+        done_at = [bool(env.step(actions[k : k + 1])[1][0]) for k in range(len(actions))]
+        assert done_at[:-1] == [False] * (len(actions) - 1)
+        assert done_at[-1] or len(actions) == 30 or number == last_episode[user]
+        ended_by_the_rule += done_at[-1]
+    assert ended_by_the_rule > 0

@@ -101,7 +101,7 @@ def episode_rule(config: TrajectoryConfig) -> EpisodeRule:
 
 def stored_episode_rule(store: Store, dataset: DatasetConfig, config: TrajectoryConfig) -> EpisodeRule:
     """``config.cut_by``: ``session``, or ``quit_rule`` (the quit rule of the dataset's environment under
-    ``config.protocol``, built or reused from the store); ``auto`` is ``quit_rule`` for a dataset with a simulator."""
+    ``config.quit_rule_protocol`` or else ``config.protocol``, built or reused from the store); ``auto`` is ``quit_rule`` for a dataset with a simulator."""
     cut_by = config.cut_by
     if cut_by == "auto":
         cut_by = "session" if dataset.environment is None else "quit_rule"
@@ -111,7 +111,7 @@ def stored_episode_rule(store: Store, dataset: DatasetConfig, config: Trajectory
     from mdt4rec_core.envs.build import build_or_load
     from mdt4rec_core.envs.episodes import QuitRuleEpisodes
 
-    environment, _ = build_or_load(store, dataset, config.protocol)
+    environment, _ = build_or_load(store, dataset, config.quit_rule_protocol or config.protocol)
     return QuitRuleEpisodes(environment.quit_rule, config.max_episode_steps, environment.info.version)
 
 
@@ -219,7 +219,9 @@ def trajectory_version(store: Store, dataset: str, config: TrajectoryConfig, rul
     snapshot = sorted(sha for sha, e in store.manifest(dataset).items() if e.kind == "interactions")
     payload = {
         "snapshot": snapshot,
-        "config": config.model_dump(),
+        # The rule's fingerprint names the environment whose quit rule cuts, so which protocol's rule it is
+        # stays out of the hash (sets built before the setting existed keep their version).
+        "config": config.model_dump(exclude={"quit_rule_protocol"}),
         "rule": rule.fingerprint(),
         "builder": BUILDER_VERSION,
     }
