@@ -12,6 +12,8 @@ def test_every_profile_resolves_to_a_plan(profile):
     plan = load_run_plan(profile, "ml-100k")
     assert plan.pipeline.dataset == "ml-100k" and plan.preset == {"smoke": "tiny"}.get(profile, profile)
     assert plan.pipeline.trajectories.protocol == "strict"  # no model sees the held-out users it is evaluated on
+    # ... and its returns-to-go are those of the simulator that gates it.
+    assert plan.pipeline.trajectories.quit_rule_protocol == plan.evaluation.gate.protocol
     assert plan.evaluation.gate.mode in plan.evaluation.modes
 
 
