@@ -40,7 +40,7 @@ def _run(
     except InputError as exc:
         lines = str(exc).splitlines() or ["invalid input"]
         for line in lines[1:]:
-            console.print(line, markup=False, highlight=False)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         print(f"error: {lines[0]}", file=sys.stderr)
         raise typer.Exit(2) from None
     render(result)
@@ -103,18 +103,29 @@ def validate(
     dataset: str = DatasetOption,
     store: str | None = StoreOption,
     overrides: list[str] | None = SetOption,
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="Move damaged files aside into <store>/damaged/ (with the parts and manifest entries of their source "
+        "file, so that the next ingest reads it again), then validate what is left.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Validate everything stored for a dataset (interactions and the current trajectory set) with the GX suites."""
+    """Validate everything stored for a dataset (interactions and the current trajectory set) with the GX suites.
+    Every stored file is read in full first: damaged files are listed, one line each, with exit status 2."""
 
     def command() -> dict[str, Any]:
         from mdt4rec_core.config import load_pipeline_config
         from tasks.validation import validate_stored
 
         config = load_pipeline_config(list(overrides or []), dataset=dataset, store=store)
-        return validate_stored(config)
+        return validate_stored(config, repair)
 
     def render(result: dict[str, Any]) -> None:
+        for path in result["repaired"]:
+            console.print(f"moved aside: {path}", markup=False, highlight=False, soft_wrap=True)
+        for path in result["ignored"]:
+            console.print(f"ignored (not a manifest entry): {path}", markup=False, highlight=False, soft_wrap=True)
         for suite in result["suites"]:
             colour = "green" if suite["success"] else "red"
             console.print(
@@ -328,7 +339,10 @@ def train_command(
     overrides: list[str] | None = PresetSetOption,
     max_steps: int | None = typer.Option(None, "--max-steps", help="Training steps (overrides the preset)."),
     out: str = typer.Option(
-        "runs/latest", "--out", help="Run folder: checkpoint/, optimizer state; resumed if present."
+        "runs/latest",
+        "--out",
+        help="Run folder: checkpoint/, optimizer state; resumed if present (a run of other data or other model "
+        "settings is refused: choose another folder).",
     ),
     as_json: bool = JsonOption,
 ) -> None:

@@ -5,11 +5,12 @@ Every model forbids unknown keys, so a misspelt key is an error that names it in
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mdt4rec_core.errors import ConfigError
 
@@ -28,7 +29,22 @@ ReaderFormat = Literal[
     "kuairec",
     "kuairand-pure",
 ]
-TimestampUnit = Literal["s", "ms", "auto"]
+TimestampUnit = Literal["s", "ms", "us", "iso"]
+SAFE_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` when it is a safe dataset name (1-64 letters, digits, ``.``, ``_`` or ``-``, starting with a letter
+    or digit, without ``..``): it names folders and files in the store and in ``conf/``. Else a ConfigError."""
+    if not SAFE_DATASET_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"dataset name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit, without '..'"
+        )
+    return name
+
+
+DatasetName = Annotated[str, AfterValidator(check_dataset_name)]
 
 
 class StrictModel(BaseModel):
@@ -79,17 +95,19 @@ class DatasetConfig(StrictModel):
     """Where a dataset's raw files are and how their columns map onto the canonical interaction schema.
 
     ``columns`` maps canonical names (user_id, item_id, timestamp, feedback) to source column names; a canonical name
-    left out keeps its own name. ``timestamp_unit`` says how integer timestamps count (``auto``: seconds, and ISO-8601
-    strings are parsed as UTC).
+    left out keeps its own name. ``timestamp_unit`` says what an epoch number counts (``s``, ``ms``, ``us``; ``iso``:
+    timestamps are ISO-8601 text and epoch numbers are refused; null: the format's unit, seconds for most); ISO-8601
+    text is read in every unit, naive times as UTC. ``feedback_max``: rows with larger feedback are quarantined.
     """
 
-    name: str
+    name: DatasetName
     format: ReaderFormat
     location: PackageLocation | None = None
     path: str | None = None
     interaction_files: list[str] = Field(default_factory=list)
     columns: dict[str, str] = Field(default_factory=dict)
-    timestamp_unit: TimestampUnit = "auto"
+    timestamp_unit: TimestampUnit | None = None
+    feedback_max: float = Field(1e6, gt=0, description="the largest feedback accepted; larger rows are quarantined")
     items: SideTable | None = None
     users: SideTable | None = None
     environment: EnvironmentSpec | None = Field(
@@ -133,6 +151,12 @@ class IngestConfig(StrictModel):
     batch_megabytes: float = Field(
         128, gt=0, description="new files are read, validated and stored in batches of about this much raw input"
     )
+    timestamp_unit: TimestampUnit | None = Field(
+        None, description="the dataset's timestamp_unit for this run (the way to set it for an ad-hoc dataset)"
+    )
+    feedback_max: float | None = Field(
+        None, gt=0, description="the dataset's feedback_max for this run (the way to set it for an ad-hoc dataset)"
+    )
 
 
 class TrackingConfig(StrictModel):
@@ -141,6 +165,12 @@ class TrackingConfig(StrictModel):
     uri: str = Field("sqlite:///mlflow.db", description="tracking and registry URI; MLFLOW_TRACKING_URI wins")
     artifacts: str = Field("mlartifacts", description="artifact folder of experiments this project creates")
     model_name: str = Field("mdt4rec", description="registered model name")
+
+
+class ServingConfig(StrictModel):
+    """Limits of the served model (``mlflow models serve``): a request beyond them is refused with status 400."""
+
+    max_users_per_request: int = Field(1000, ge=1, description="rows (one user each) a single request may hold")
 
 
 class DeploymentConfig(StrictModel):
@@ -155,12 +185,13 @@ class DeploymentConfig(StrictModel):
 class PipelineConfig(StrictModel):
     """Everything one run of the pipeline needs."""
 
-    dataset: str = "ml-1m"
+    dataset: DatasetName = "ml-1m"
     store: str = "store"
     landing: str = Field("landing", description="new log files dropped in <landing>/<dataset>/ are ingested next run")
     ingest: IngestConfig = IngestConfig()
     trajectories: TrajectoryConfig = TrajectoryConfig()
     tracking: TrackingConfig = TrackingConfig()
+    serving: ServingConfig = ServingConfig()
     deployment: DeploymentConfig = DeploymentConfig()
 
 
@@ -238,12 +269,15 @@ def load_pipeline_config(
     overrides: list[str] = (), dataset: str | None = None, store: str | None = None, path: Path | None = None
 ) -> PipelineConfig:
     """conf/pipeline.yaml (or ``path``) with ``dataset`` and ``store`` set when given, then ``overrides`` applied."""
+    if dataset:
+        check_dataset_name(dataset)
     assignments = [*([f"dataset={dataset}"] if dataset else []), *([f"store={store}"] if store else []), *overrides]
     return load_config(PipelineConfig, path or CONF_DIR / "pipeline.yaml", assignments)
 
 
 def load_dataset_config(name: str, conf_dir: Path = CONF_DIR) -> DatasetConfig:
     """The dataset named ``name`` from ``conf/datasets/<name>.yaml``."""
+    check_dataset_name(name)
     path = conf_dir / "datasets" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (conf_dir / "datasets").glob("*.yaml"))
@@ -285,6 +319,7 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
 def resolve_dataset(name: str, source: str | None = None, format: ReaderFormat | None = None) -> DatasetConfig:
     """The dataset to ingest: ``conf/datasets/<name>.yaml``, its raw files moved to ``source`` when given; or, for a
     name without a config file, an ad-hoc dataset of ``format`` files at ``source``."""
+    check_dataset_name(name)
     known = (CONF_DIR / "datasets" / f"{name}.yaml").is_file()
     if not known:
         if source is None or format is None:

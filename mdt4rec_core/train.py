@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from pydantic import Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mdt4rec_core.config import StrictModel
+from mdt4rec_core.config import StrictModel, flatten_keys
 from mdt4rec_core.data.windows import EpisodeArrays, episode_arrays, sample_windows
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.model.checkpoint import load_checkpoint, save_checkpoint, saved_state
@@ -33,6 +34,8 @@ from mdt4rec_core.model.network import MDT4Rec
 from mdt4rec_core.model.text import item_text_embeddings
 
 NO_DECAY = ("bias", "norm", "ln_", "embed", "item_ids", "positions")
+HISTORY = ("train_loss", "validation_loss", "validation_action_ce")  # [step, value] lists kept across resumes
+START_FRESH = "train into another --out (or delete {out}) to start fresh"
 
 
 class TrainConfig(StrictModel):
@@ -122,9 +125,9 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
     state_file, checkpoint = out / "training_state.json", out / "checkpoint"
-    start, history = 0, {"train_loss": [], "validation_loss": [], "validation_action_ce": []}
+    start, history = 0, {name: [] for name in HISTORY}
     if state_file.is_file():
-        start, history = _resume(model, optimizer, scheduler, out, data.metadata)
+        start, history = _resume(model, optimizer, scheduler, out, data.metadata, config.max_steps)
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     started, windows = time.perf_counter(), 0
     with _progress(rank) as progress:
@@ -245,24 +248,69 @@ def _save(model, optimizer, scheduler, data: TrainingData, out: Path, step: int,
     (out / ".training_state.json.tmp").replace(out / "training_state.json")
 
 
-def _resume(model, optimizer, scheduler, out: Path, metadata: dict) -> tuple[int, dict]:
-    """Continue the run in ``out``; one that trained another model or on other data is an InputError (resuming it
-    would report the old checkpoint as trained on the new data)."""
-    state = json.loads((out / "training_state.json").read_text())
-    state["history"].setdefault("validation_action_ce", [])
+def _resume(model, optimizer, scheduler, out: Path, metadata: dict, max_steps: int) -> tuple[int, dict]:
+    """Continue the run in ``out``: its step, history, weights, optimizer and schedule. A run of another model or on
+    another trajectory set, or a damaged run file, is an InputError (resuming would report the old checkpoint as
+    trained on the new data)."""
     restored, _, saved_metadata = load_checkpoint(out / "checkpoint")
-    if restored.config != model.config or saved_metadata.get("trajectory_version") != metadata.get(
-        "trajectory_version"
-    ):
+    _check_same_run(out, restored.config, model.config, saved_metadata, metadata)
+    step, history = _read_training_state(out / "training_state.json")
+    if step > max_steps:
         raise InputError(
-            f"{out} holds a run of another model or trajectory set "
-            f"({saved_metadata.get('trajectory_version')}); choose a new --out to train on this one"
+            f"{out} already holds {step} training steps, more than train.max_steps {max_steps}: raise --max-steps, "
+            f"or {START_FRESH.format(out=out)}"
         )
     model.load_state_dict(saved_state(restored), strict=False)
-    saved = torch.load(out / "optimizer.pt", weights_only=True)  # tensors and numbers only: nothing unpickled
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    return int(state["step"]), state["history"]
+    _load_optimizer(optimizer, scheduler, out / "optimizer.pt")
+    return step, history
+
+
+def _check_same_run(out: Path, saved: ModelConfig, config: ModelConfig, saved_metadata: dict, metadata: dict) -> None:
+    """Refuse to resume a checkpoint trained on other data or with other model settings, naming the difference."""
+    saved_data = (saved_metadata["dataset"], saved_metadata["trajectory_version"])
+    data = (metadata["dataset"], metadata["trajectory_version"])
+    if saved_data != data:
+        raise InputError(
+            f"{out} holds a run trained on {saved_data[0]} trajectory version {saved_data[1]}, not on the current "
+            f"{data[0]} trajectory version {data[1]}: {START_FRESH.format(out=out)}"
+        )
+    changes = _config_changes(saved, config)
+    if changes:
+        raise InputError(
+            f"{out} holds a run of other model settings ({'; '.join(changes)}): {START_FRESH.format(out=out)}"
+        )
+
+
+def _config_changes(saved: ModelConfig, config: ModelConfig) -> list[str]:
+    """``key: saved -> new`` for every model setting (dotted key) that differs between the two configurations."""
+    before, after = dict(flatten_keys(saved.model_dump())), dict(flatten_keys(config.model_dump()))
+    return [f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in after if before.get(key) != after.get(key)]
+
+
+def _read_training_state(path: Path) -> tuple[int, dict]:
+    """The step the run reached and its loss history (each of HISTORY: a list of [step, value])."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        step, history = int(state["step"]), {name: list(state["history"].get(name, [])) for name in HISTORY}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # ValueError: JSON and Unicode errors too
+        raise InputError(
+            f"{path}: damaged training state ({exc.__class__.__name__}); {START_FRESH.format(out=path.parent)}"
+        ) from None
+    if step < 0:
+        raise InputError(f"{path}: damaged training state (step {step}); {START_FRESH.format(out=path.parent)}")
+    return step, history
+
+
+def _load_optimizer(optimizer, scheduler, path: Path) -> None:
+    """The optimizer's and the schedule's state (tensors and numbers only: nothing unpickled)."""
+    try:
+        saved = torch.load(path, weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
+        raise InputError(
+            f"{path}: damaged optimizer state ({exc.__class__.__name__}); {START_FRESH.format(out=path.parent)}"
+        ) from None
 
 
 def _distributed() -> tuple[int, int]:
@@ -361,7 +409,7 @@ def train_on_trajectories(store_uri: str, dataset: str, trajectories, preset: Pr
     items_table = f"items/dataset={dataset}/items.parquet"
     store = Store(store_uri)
     if store.exists(items_table):
-        items = pl.read_parquet(store.url(items_table)).select("item_id", "text")
+        items = store.read_parquet(items_table, columns=["item_id", "text"])
         data = replace(data, corpus=item_corpus(items["text"].to_list(), model_config.backbone))
     else:
         items = pl.DataFrame(schema={"item_id": pl.String, "text": pl.String})

@@ -26,6 +26,7 @@ from mdt4rec_core.data.ingest import (
     ingest_side_tables,
     plan_ingest,
     read_batch,
+    with_run_settings,
 )
 from mdt4rec_core.data.schema import USER_ID
 from mdt4rec_core.data.sources import SourceFile
@@ -36,6 +37,7 @@ from mdt4rec_core.data.trajectories import (
     finish_build,
     plan_trajectories,
     save_bucket,
+    set_current,
     stored_stats,
     summarise,
 )
@@ -57,9 +59,13 @@ def read_logs(dataset: DatasetConfig, files: list[tuple[int, SourceFile]], store
 
 
 def check_interactions(batch: IngestBatch, store_uri: str) -> ValidationReport:
-    """Validate the batch's accepted rows before anything is stored; raise ValidationFailed when they fail."""
+    """Validate the batch's accepted rows before anything is stored; raise ValidationFailed naming the batch's files
+    when they fail."""
     report = validate_interactions(batch.accepted, reports_dir(Store(store_uri), batch.dataset))
-    _raise_on_failure(report)
+    if not report.success:
+        files = [str(f.source.path) for f in batch.files]
+        more = f" (and {len(files) - 1} more files)" if len(files) > 1 else ""
+        raise ValidationFailed(f"{files[0]}{more}: {report.summary()}")
     return report
 
 
@@ -83,6 +89,8 @@ def build_trajectories(
         return TrajectoryBuild(None, built=False, checks=[])
     existing = stored_stats(store, dataset.name, plan.version)
     if existing is not None:
+        if make_current:  # built before for a study, or current before a run with other settings
+            set_current(store, dataset.name, plan.version)
         return TrajectoryBuild(existing, built=False, checks=[])
     parts, checks = [], []
     for bucket in range(plan.buckets):
@@ -124,8 +132,10 @@ TASK_STEPS = IngestSteps(
 
 
 def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestSteps = PLAIN_STEPS) -> dict[str, Any]:
-    """Run the chain for ``dataset`` into ``config.store`` and return the run's summary (JSON-ready)."""
+    """Run the chain for ``dataset`` (with the run's ``config.ingest`` settings) into ``config.store`` and return the
+    run's summary (JSON-ready)."""
     started = time.perf_counter()
+    dataset = with_run_settings(dataset, config.ingest)
     store = Store(config.store)
     with store.writer_lock(dataset.name):
         plan = steps.plan_logs(dataset, store.uri, config.ingest)

@@ -1,19 +1,24 @@
 """The MLflow pyfunc model of a trained checkpoint (logged as code: loading it unpickles nothing).
 
 Input: one row per user, ``history`` (item ids, oldest first) and optionally ``feedback`` (raw feedback per history
-item); the request parameter ``k`` (default 10). Output: ``items`` (the top-k item ids) and ``chosen_history_length``
-(the stitched search's w*).
+item; rows with and without it may share a request); the request parameter ``k`` (default 10); at most
+``serving.max_users_per_request`` rows (conf/pipeline.yaml). Output: ``items`` (the top-k item ids) and
+``chosen_history_length`` (the stitched search's w*). A bad request raises an MlflowException with
+INVALID_PARAMETER_VALUE (status 400 when served) naming the row and the field.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from mdt4rec_core.config import load_pipeline_config
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.inference.recommend import Recommender
 
@@ -22,35 +27,62 @@ DEFAULT_K = 10
 
 class MDT4RecModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        self.recommender = Recommender(Path(context.artifacts["checkpoint"]))
+        """Load the checkpoint and the request limit; a damaged checkpoint is an MlflowException naming its file."""
+        try:
+            self.recommender = Recommender(Path(context.artifacts["checkpoint"]))
+            self.max_rows = load_pipeline_config().serving.max_users_per_request
+        except InputError as error:
+            raise MlflowException(str(error), INVALID_PARAMETER_VALUE) from None
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if "history" not in model_input.columns:
-            raise MlflowException("each request row needs a 'history' (a list of item ids)", INVALID_PARAMETER_VALUE)
-        k = int((params or {}).get("k", DEFAULT_K))
-        answers = []
-        for row, record in enumerate(model_input.to_dict("records")):
-            try:
-                answer = self.recommender.recommend(
-                    [str(item) for item in _as_list(record["history"])], _optional_list(record.get("feedback")), k
-                )
-            except InputError as error:
-                raise MlflowException(f"row {row}: {error}", INVALID_PARAMETER_VALUE) from None
-            answers.append({"items": answer["items"], "chosen_history_length": answer["chosen_history_length"]})
+            raise _bad_request("each request row needs a 'history' (a list of item ids)")
+        if len(model_input) > self.max_rows:
+            raise _bad_request(
+                f"the request holds {len(model_input):,} rows; at most {self.max_rows:,} users per request "
+                "(serving.max_users_per_request)"
+            )
+        k = _k(params)
+        answers = [self._answer(row, record, k) for row, record in enumerate(model_input.to_dict("records"))]
         return pd.DataFrame(answers, columns=["items", "chosen_history_length"])
 
+    def _answer(self, row: int, record: dict, k: int) -> dict:
+        """The recommendation of one request row; bad input is a 400 naming the row."""
+        try:
+            history = [str(item) for item in _as_list(record["history"], "history")]
+            answer = self.recommender.recommend(history, _feedback(record.get("feedback")), k)
+        except InputError as error:
+            raise _bad_request(f"row {row}: {error}") from None
+        return {"items": answer["items"], "chosen_history_length": answer["chosen_history_length"]}
 
-def _as_list(value) -> list:
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException(message, INVALID_PARAMETER_VALUE)
+
+
+def _k(params: dict | None) -> int:
+    value = (params or {}).get("k", DEFAULT_K)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise _bad_request(f"the parameter k must be an integer (got {value!r})") from None
+
+
+def _as_list(value, field: str) -> list:
+    """A list-valued field: a list or array as is, a string split at commas (CSV requests)."""
     if isinstance(value, str):
         return [part for part in value.split(",") if part]
-    return list(value) if value is not None else []
+    if isinstance(value, list | tuple | np.ndarray):
+        return list(value)
+    raise InputError(f"{field} must be a list (got {value!r})")
 
 
-def _optional_list(value) -> list[float] | None:
-    """Feedback values, or None when the row has none (None, or the NaN a column other rows filled leaves)."""
-    if value is None or (isinstance(value, float) and value != value):
+def _feedback(value) -> list | None:
+    """A row's feedback values as sent, or None when the row has none: no key, null, or the NaN that a column other
+    rows filled leaves in it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    return [float(v) for v in _as_list(value)]
+    return _as_list(value, "feedback")
 
 
 mlflow.models.set_model(MDT4RecModel())

@@ -24,7 +24,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-from mlflow.types.schema import Array
+from mlflow.types.schema import AnyType, Array
 
 from mdt4rec_core.config import TrackingConfig, flatten_keys
 from mdt4rec_core.errors import InputError
@@ -37,7 +37,7 @@ SIGNATURE = ModelSignature(
     inputs=Schema(
         [
             ColSpec(Array(DataType.string), "history"),
-            ColSpec(Array(DataType.double), "feedback", required=False),
+            ColSpec(AnyType(), "feedback", required=False),  # per row; the model checks it and names the row
         ]
     ),
     outputs=Schema([ColSpec(Array(DataType.string), "items"), ColSpec(DataType.long, "chosen_history_length")]),

@@ -41,6 +41,9 @@ def train_model(plan: RunPlan, out: Path) -> dict[str, Any]:
         "--json",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    refusals = [line.removeprefix("error: ") for line in result.stderr.splitlines() if line.startswith("error: ")]
+    if result.returncode != 0 and refusals:
+        raise InputError(refusals[0])  # bad input (every rank says the same): one line, as in a single process
     if result.returncode != 0:
         raise RuntimeError(f"torchrun training failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

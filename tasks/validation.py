@@ -29,10 +29,10 @@ logging.getLogger("great_expectations.data_context.types.base").setLevel(logging
 
 from mdt4rec_core.config import PipelineConfig, TrajectoryConfig  # noqa: E402
 from mdt4rec_core.data.checks import interaction_view, trajectory_view  # noqa: E402
-from mdt4rec_core.data.schema import USER_ID  # noqa: E402
-from mdt4rec_core.data.store import Store  # noqa: E402
+from mdt4rec_core.data.schema import EARLIEST_TIME, FUTURE_TOLERANCE, USER_ID  # noqa: E402
+from mdt4rec_core.data.store import DAMAGED, Store  # noqa: E402
 from mdt4rec_core.data.trajectories import stored_stats, trajectory_dir  # noqa: E402
-from mdt4rec_core.errors import InputError  # noqa: E402
+from mdt4rec_core.errors import InputError, StoreError, describe_os_error  # noqa: E402
 
 MAX_ROWS_PER_CHUNK = 2_000_000
 RESIDUAL_TOLERANCE = 1e-3
@@ -87,7 +87,7 @@ class ValidationReport:
 
 def interaction_expectations(now: dt.datetime) -> list:
     """Types, nulls, ranges and uniqueness of (user, item, timestamp) for a batch of events."""
-    latest = now + dt.timedelta(days=1)
+    latest = now + FUTURE_TOLERANCE
     return [
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_id", "item_id", "timestamp", "feedback")],
         gxe.ExpectColumnValuesToBeOfType(column="user_id", type_="str"),
@@ -95,6 +95,7 @@ def interaction_expectations(now: dt.datetime) -> list:
         gxe.ExpectColumnValuesToBeOfType(column="timestamp", type_="Timestamp"),
         gxe.ExpectColumnValuesToBeOfType(column="feedback", type_="float64"),
         gxe.ExpectColumnValuesToBeBetween(column="feedback", min_value=0),
+        gxe.ExpectColumnMinToBeBetween(column="timestamp", min_value=EARLIEST_TIME),
         gxe.ExpectColumnMaxToBeBetween(column="timestamp", max_value=latest),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "timestamp"]),
     ]
@@ -231,17 +232,21 @@ def _plain(value):
 
 
 def _build_docs(context, directory: Path) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    context.update_data_docs_site(
-        "local_site",
-        {
-            "class_name": "SiteBuilder",
-            "show_how_to_buttons": False,
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(directory)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        },
-    )
-    context.build_data_docs(site_names=["local_site"])
+    """Write the Data Docs site into ``directory``; a failed write (disk full, no permission) is a StoreError."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        context.update_data_docs_site(
+            "local_site",
+            {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(directory)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        context.build_data_docs(site_names=["local_site"])
+    except OSError as exc:
+        raise StoreError(f"{directory}: cannot write the Data Docs ({describe_os_error(exc)})") from None
     return str(directory / "index.html")
 
 
@@ -251,24 +256,44 @@ def reports_dir(store: Store, dataset: str) -> Path:
     return base / "reports" / f"dataset={dataset}"
 
 
-def validate_stored(config: PipelineConfig) -> dict:
+def validate_stored(config: PipelineConfig, repair: bool = False) -> dict:
     """Run both suites over everything stored for ``config.dataset``: all interactions, and the current trajectory
-    set part by part."""
+    set part by part. Every stored file is first read in full: damaged files are a StoreError listing each (or, with
+    ``repair``, are moved aside with what depends on them; see ``Store.repair``)."""
     store = Store(config.store)
+    moved = store.repair(config.dataset) if repair else []
+    check_undamaged(store, config.dataset)
     scan = store.scan_interactions(config.dataset)
     if scan is None:
-        raise InputError(f"dataset {config.dataset!r} has nothing stored in {store.uri}: ingest it first")
+        aside = f" (damaged files were moved into {store.url(DAMAGED)})" if moved else ""
+        raise InputError(f"dataset {config.dataset!r} has nothing stored in {store.uri}{aside}: ingest it first")
     docs = reports_dir(store, config.dataset)
     reports = [validate_interactions(scan.collect(), docs)]
     stats = stored_stats(store, config.dataset)
     if stats is not None:
         folder = trajectory_dir(config.dataset, stats.version)
         for part in store.files(f"{folder}/steps", ".parquet"):
-            reports.append(
-                validate_trajectories(pl.read_parquet(store.url(part)), config.trajectories, stats.items, docs)
-            )
+            reports.append(validate_trajectories(store.read_parquet(part), config.trajectories, stats.items, docs))
     return {
         "dataset": config.dataset,
         "success": all(r.success for r in reports),
         "suites": [r.as_dict() for r in reports],
+        "repaired": [store.url(p) for p in moved],
+        "ignored": [store.url(p) for p in store.stray_files(config.dataset)],
     }
+
+
+def check_undamaged(store: Store, dataset: str) -> None:
+    """Raise a StoreError when a stored file of ``dataset`` cannot be read in full: its first line names the first
+    damaged file and what to do, the next lines name the others, one each."""
+    damaged = store.damaged_files(dataset)
+    if not damaged:
+        return
+    lines = [f"{store.url(d.relative)}: {d.problem}" for d in damaged]
+    others = len(damaged) - 1
+    more = f" (and {others} more damaged file{'s' if others > 1 else ''}, listed above)" if others else ""
+    remedy = (
+        f"`mdt4rec validate --repair --dataset {dataset} --store {store.uri}` moves them aside into "
+        f"{store.url(DAMAGED)}, then `mdt4rec ingest --dataset {dataset}` rebuilds them from the sources"
+    )
+    raise StoreError("\n".join([f"{lines[0]}{more}: {remedy}", *lines[1:]]))

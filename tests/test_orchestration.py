@@ -296,6 +296,8 @@ def test_an_unreachable_tracking_server_is_a_clear_error_and_registers_nothing(s
 
 
 def test_the_champion_is_served_by_mlflow_models_serve(stack):
+    from mdt4rec_core.config import load_pipeline_config
+
     port = _free_port()
     log = stack.logs / "serve.log"
     serve = _start(
@@ -328,6 +330,24 @@ def test_the_champion_is_served_by_mlflow_models_serve(stack):
             f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": [{"history": ["nope"]}]}, timeout=60
         )
         assert unknown.status_code == 400 and "unknown item id 'nope'" in unknown.text
+        mixed = {"dataframe_records": [{"history": ["242", "302"], "feedback": [5, 3.5]}, {"history": ["51"]}]}
+        assert httpx.post(f"http://127.0.0.1:{port}/invocations", json=mixed, timeout=60).status_code == 200
+        nan = '{"dataframe_records": [{"history": ["51"]}, {"history": ["242", "302"], "feedback": [4, NaN]}]}'
+        refused = httpx.post(
+            f"http://127.0.0.1:{port}/invocations",
+            content=nan,
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert refused.status_code == 400
+        assert refused.json()["message"].endswith("row 1: feedback[1] is nan: feedback values must be finite numbers")
+        limit = load_pipeline_config().serving.max_users_per_request
+        too_many = {"dataframe_records": [{"history": ["51"]}] * (limit + 1)}
+        oversized = httpx.post(f"http://127.0.0.1:{port}/invocations", json=too_many, timeout=60)
+        assert oversized.status_code == 400
+        assert oversized.json()["message"].endswith(
+            f"at most {limit:,} users per request (serving.max_users_per_request)"
+        )
     finally:
         _stop(serve)
 

@@ -196,3 +196,21 @@ def test_a_checkpoint_is_a_policy_in_the_simulator(store, tmp_path):
     histogram = result["chosen_history_lengths"]
     assert sum(histogram.values()) == round(result["Length"] * 12)  # one decision per step
     assert all(1 <= length <= 20 for length in histogram)
+    catalogue = run / "checkpoint" / "catalogue.parquet"
+    catalogue.write_bytes(catalogue.read_bytes()[:-20])
+    damaged = mdt4rec(
+        "evaluate",
+        "--env",
+        "ml-100k",
+        "--store",
+        store,
+        "--policy",
+        f"checkpoint:{run / 'checkpoint'}",
+        "--mode",
+        "NX_0",
+    )
+    assert damaged.returncode == 2 and "Traceback" not in damaged.stderr
+    assert [line for line in damaged.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {catalogue}: not a readable Parquet file (ComputeError); the checkpoint is damaged: train it again "
+        "or restore the folder"
+    ]

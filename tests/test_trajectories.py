@@ -8,7 +8,7 @@ import pytest
 
 from mdt4rec_core.config import TrajectoryConfig
 from mdt4rec_core.data.episodes import SessionRule
-from mdt4rec_core.data.trajectories import build_trajectories, episode_rule, trailing_windows
+from mdt4rec_core.data.trajectories import build_trajectories, current_version, episode_rule, trailing_windows
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
@@ -92,6 +92,10 @@ def test_version_changes_with_data_and_config_only(ingest, tmp_path):
     assert not again["trajectories_built"] and again["trajectory_version"] == first["trajectory_version"]
     other_config, _ = ingest(log, state_length=5)
     assert other_config["trajectories_built"] and other_config["trajectory_version"] != first["trajectory_version"]
+    assert current_version(store, "log") == other_config["trajectory_version"]
+    # The first settings again: their set is reused, and it is what the pipeline trains on again.
+    back, _ = ingest(log)
+    assert not back["trajectories_built"] and current_version(store, "log") == first["trajectory_version"]
     (log / "day2.csv").write_text("user_id,item_id,timestamp,feedback\nu3,i3,4,1\n")
     new_data, _ = ingest(log)
     assert new_data["trajectories_built"] and new_data["steps"] == 4

@@ -90,13 +90,16 @@ def test_trajectory_suite_catches_corruption(tmp_path, corrupt, expected):
     assert expected in {columns for _, columns in _failed(report)}, report.summary()
 
 
-def test_failing_suite_stops_the_run_before_anything_is_stored(ingest, tmp_path):
-    # Every row parses, but one event lies in the future: the interactions suite fails and nothing is written.
+def test_failing_suite_stops_the_run_before_anything_is_stored(ingest, tmp_path, monkeypatch):
+    # The reader's bound on future events is widened, so a future event reaches the interactions suite: the suite
+    # fails and nothing is written.
+    monkeypatch.setattr("mdt4rec_core.data.ingest.FUTURE_TOLERANCE", dt.timedelta(days=400_000))
     log = tmp_path / "log.csv"
     log.write_text("user_id,item_id,timestamp,feedback\nu1,i1,1700000000,1\nu1,i2,2999-01-01T00:00:00Z,2\n")
     with pytest.raises(ValidationFailed) as failure:
         ingest(log)
     message = str(failure.value)
+    assert message.startswith(f"{log}: suite 'interactions': ")  # the error line names the file
     assert "FAILED expect_column_max_to_be_between(timestamp)" in message and "index.html" in message
     store = tmp_path / "store"
     assert not (store / "interactions").exists() and not (store / "manifest").exists()

@@ -3,21 +3,28 @@
 ``plan_ingest`` groups the files the manifest has not seen into batches of bounded size; each batch is read
 (``read_batch``), validated by the caller, and written (``commit``) before the next is read, so memory stays bounded
 by the batch, not the log. Row accounting holds for every file: rows_read = rows_accepted + rows_quarantined.
+
+Row-level problems (a bad value, a malformed line, an event already seen) quarantine the row with the field at fault
+and the reason; file-level problems (an undecodable file, an unusable header, nested columns) quarantine every row
+of that file and are reported as its ``file_error``, while the other files of the batch go on. A timestamp unit that
+does not fit a file stops the run with an InputError suggesting the unit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
-from mdt4rec_core.config import DatasetConfig
+from mdt4rec_core.config import DatasetConfig, IngestConfig
 from mdt4rec_core.data.readers import FORMATS, parse_rows
-from mdt4rec_core.data.readers.raw import ROW, RawRows
+from mdt4rec_core.data.readers.canonical import ParseRules
+from mdt4rec_core.data.readers.raw import INTERNAL_PREFIX, ROW, RawRows
 from mdt4rec_core.data.schema import (
     EVENT_KEY,
     FEEDBACK,
+    FUTURE_TOLERANCE,
     INTERACTION_SCHEMA,
     ITEM_ID,
     QUARANTINE_SCHEMA,
@@ -31,6 +38,8 @@ from mdt4rec_core.data.sources import SourceFile, file_sha256, side_table_path, 
 from mdt4rec_core.data.store import ManifestEntry, Store
 from mdt4rec_core.errors import InputError
 
+_POSITION, _HASH, _REPEAT = f"{INTERNAL_PREFIX}position", f"{INTERNAL_PREFIX}hash", f"{INTERNAL_PREFIX}repeat"
+_FIRST_ROW, _FIRST_FILE = f"{INTERNAL_PREFIX}first_row", f"{INTERNAL_PREFIX}first_file"
 ORDINAL_SECONDS_PER_FILE = 1_000_000_000
 """Formats without time stamp events by position: file k's row r happens at k * 1e9 + r seconds after the epoch."""
 
@@ -100,17 +109,36 @@ class IngestReport:
         )
 
 
+def with_run_settings(dataset: DatasetConfig, ingest: IngestConfig) -> DatasetConfig:
+    """``dataset`` with the run's ``timestamp_unit`` and ``feedback_max`` where ``ingest`` sets them (the way to set
+    them for an ad-hoc dataset, which has no YAML file)."""
+    settings = {"timestamp_unit": ingest.timestamp_unit, "feedback_max": ingest.feedback_max}
+    changes = {name: value for name, value in settings.items() if value is not None}
+    return dataset.model_copy(update=changes) if changes else dataset
+
+
 def plan_ingest(dataset: DatasetConfig, store: Store, batch_bytes: int) -> IngestPlan:
     """Group the files the manifest does not hold into batches of at most ``batch_bytes`` of raw input (a larger
-    file makes a batch of its own), in file order."""
+    file makes a batch of its own), in file order.
+
+    Files are known by content: a file whose content was ingested before is skipped, whatever its name, and a new
+    file with the content of another new file is planned as its copy (its own manifest entry; its events are
+    repeats of the first file's). A file whose content changed under the same name is a new file: its events
+    already stored (same user, item and timestamp, whatever the feedback) are quarantined as already stored, its
+    other rows are accepted, and events that left the file stay stored.
+    """
     manifest = store.manifest(dataset.name)
     batches: list[list[tuple[int, SourceFile]]] = []
     skipped: list[SourceFile] = []
+    planned: set[str] = set()
     size = 0
     for position, source in enumerate(source_files(dataset)):
-        if source.sha256 in manifest:
+        if source.sha256 in planned:
+            source = replace(source, copy=True)
+        if source.sha256 in manifest or source.key in manifest:
             skipped.append(source)
             continue
+        planned.add(source.sha256)
         file_bytes = source.path.stat().st_size
         if not batches or size + file_bytes > batch_bytes:
             batches.append([])
@@ -120,17 +148,20 @@ def plan_ingest(dataset: DatasetConfig, store: Store, batch_bytes: int) -> Inges
     return IngestPlan(dataset.name, batches, skipped)
 
 
-def read_batch(dataset: DatasetConfig, files: list[tuple[int, SourceFile]], store: Store) -> IngestBatch:
-    """Read and type one batch of files; repeated events, within the batch or already stored, are quarantined."""
+def read_batch(
+    dataset: DatasetConfig, files: list[tuple[int, SourceFile]], store: Store, now: dt.datetime | None = None
+) -> IngestBatch:
+    """Read and type one batch of files; repeated events, within the batch or already stored, are quarantined, and
+    so are events more than FUTURE_TOLERANCE after ``now`` (default: the clock)."""
     spec = FORMATS[dataset.format]
     columns = {**spec.columns, **dataset.columns}
-    unit = dataset.timestamp_unit if dataset.timestamp_unit != "auto" else spec.timestamp_unit
+    rules = parse_rules(dataset, now or dt.datetime.now(dt.UTC))
     results, accepted, quarantined = [], [], []
     for position, source in files:
         rows = spec.read(source.path)
         if spec.ordinal_time and not rows.file_error:
             rows = _with_ordinal_time(rows, position, columns.get(TIMESTAMP, TIMESTAMP))
-        parsed = parse_rows(rows, columns, unit)
+        parsed = parse_rows(rows, columns, rules)
         results.append(FileResult(source, rows.rows_read, rows.file_error or _file_error(parsed.quarantined, rows)))
         accepted.append(parsed.accepted)
         quarantined.append(parsed.quarantined)
@@ -142,8 +173,16 @@ def read_batch(dataset: DatasetConfig, files: list[tuple[int, SourceFile]], stor
     return IngestBatch(dataset.name, results, kept, pl.concat([batch_quarantined, duplicates]))
 
 
+def parse_rules(dataset: DatasetConfig, now: dt.datetime) -> ParseRules:
+    """The dataset's value rules at time ``now``; formats that time events by position have no latest time."""
+    spec = FORMATS[dataset.format]
+    latest = None if spec.ordinal_time else now + FUTURE_TOLERANCE
+    return ParseRules(dataset.timestamp_unit or spec.timestamp_unit, latest, dataset.feedback_max)
+
+
 def commit(batch: IngestBatch, store: Store, now: dt.datetime | None = None) -> IngestReport:
-    """Write the batch file by file (parts first, manifest entry last) and return its accounting.
+    """Write the batch file by file (parts first, manifest entry last, both under the file's key) and return its
+    accounting.
 
     Call it under ``store.writer_lock(batch.dataset)``.
     """
@@ -151,7 +190,7 @@ def commit(batch: IngestBatch, store: Store, now: dt.datetime | None = None) -> 
     ingest_date = now.date().isoformat()
     dataset = batch.dataset
     for result in batch.files:
-        sha = result.source.sha256
+        sha = result.source.key
         path = str(result.source.path)
         accepted = batch.accepted.filter(pl.col(SOURCE_FILE) == path).sort([USER_ID, TIMESTAMP, ITEM_ID])
         quarantined = batch.quarantined.filter(pl.col("file") == path).sort("row", nulls_last=True)
@@ -252,37 +291,37 @@ def split_duplicates(accepted: pl.DataFrame, store: Store, dataset: str) -> tupl
     """
     if accepted.height == 0:
         return accepted, pl.DataFrame(schema=QUARANTINE_SCHEMA)
-    indexed = accepted.with_row_index("_position").with_columns(_key_hash().alias("_hash"))
-    keys = indexed.select("_position", "_hash", *EVENT_KEY, FEEDBACK, SOURCE_FILE, SOURCE_ROW).sort(
-        ["_hash", *EVENT_KEY, "_position"]
+    indexed = accepted.with_row_index(_POSITION).with_columns(_key_hash().alias(_HASH))
+    keys = indexed.select(_POSITION, _HASH, *EVENT_KEY, FEEDBACK, SOURCE_FILE, SOURCE_ROW).sort(
+        [_HASH, *EVENT_KEY, _POSITION]
     )
-    same_as_previous = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in ("_hash", *EVENT_KEY)]).fill_null(
+    same_as_previous = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in (_HASH, *EVENT_KEY)]).fill_null(
         False
     )
     keys = keys.with_columns(
-        same_as_previous.alias("_repeat"),
-        pl.when(~same_as_previous).then(pl.col(SOURCE_ROW)).forward_fill().alias("_first_row"),
-        pl.when(~same_as_previous).then(pl.col(SOURCE_FILE)).forward_fill().alias("_first_file"),
+        same_as_previous.alias(_REPEAT),
+        pl.when(~same_as_previous).then(pl.col(SOURCE_ROW)).forward_fill().alias(_FIRST_ROW),
+        pl.when(~same_as_previous).then(pl.col(SOURCE_FILE)).forward_fill().alias(_FIRST_FILE),
     )
-    repeated = keys.filter("_repeat")
+    repeated = keys.filter(_REPEAT)
     reasons = [
         _duplicate_rows(
             repeated,
             pl.format(
                 "duplicate event (user_id, item_id, timestamp) of row {} in {}",
-                pl.col("_first_row"),
-                pl.col("_first_file"),
+                pl.col(_FIRST_ROW),
+                pl.col(_FIRST_FILE),
             ),
         )
     ]
-    keep = indexed.join(repeated.select("_position"), on="_position", how="anti")
+    keep = indexed.join(repeated.select(_POSITION), on=_POSITION, how="anti")
     stored_hashes = store.stored_key_hashes(dataset, _key_hash())
     if stored_hashes is not None:
-        candidates = keep.filter(pl.col("_hash").is_in(stored_hashes.implode()))
+        candidates = keep.filter(pl.col(_HASH).is_in(stored_hashes.implode()))
         if candidates.height:
             stored_keys = (
                 store.scan_interactions(dataset)
-                .filter(_key_hash().is_in(candidates["_hash"].implode()))
+                .filter(_key_hash().is_in(candidates[_HASH].implode()))
                 .select(EVENT_KEY)
                 .collect()
             )
@@ -290,8 +329,8 @@ def split_duplicates(accepted: pl.DataFrame, store: Store, dataset: str) -> tupl
             reasons.append(
                 _duplicate_rows(already, pl.lit("duplicate event (user_id, item_id, timestamp) already stored"))
             )
-            keep = keep.join(already.select("_position"), on="_position", how="anti")
-    return keep.sort("_position").drop("_position", "_hash"), pl.concat(reasons)
+            keep = keep.join(already.select(_POSITION), on=_POSITION, how="anti")
+    return keep.sort(_POSITION).drop(_POSITION, _HASH), pl.concat(reasons)
 
 
 def _key_hash() -> pl.Expr:

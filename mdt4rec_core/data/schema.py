@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import polars as pl
 
 USER_ID, ITEM_ID, TIMESTAMP, FEEDBACK = "user_id", "item_id", "timestamp", "feedback"
@@ -11,6 +13,10 @@ SOURCE_FILE = "source_file"
 SOURCE_ROW = "source_row"
 
 TIMESTAMP_DTYPE = pl.Datetime("us", "UTC")
+EARLIEST_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+"""No event happens earlier (a negative epoch is a bad value, not 1969)."""
+FUTURE_TOLERANCE = dt.timedelta(days=1)
+"""How far ahead of the ingesting machine's clock an event may lie (clock skew between machines)."""
 
 INTERACTION_SCHEMA: dict[str, pl.DataType] = {
     USER_ID: pl.String(),

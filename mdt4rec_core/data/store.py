@@ -7,28 +7,50 @@ Layout under the store root (a local path or any URI pyarrow understands, such a
     manifest/dataset=<name>/<sha256>.json                                        one entry per ingested file
     items/dataset=<name>/items.parquet, users/dataset=<name>/users.parquet      side tables
     trajectories/dataset=<name>/version=<hash>/                                  versioned trajectory sets
+    environments/dataset=<name>/protocol=<p>/version=<hash>/                     built simulators
+    damaged/<YYYYMMDDTHHMMSS>-<id>/<path>                                        what a repair moved aside
+    .locks/<name>.lock                                                           the dataset's writer lock
 
 Every file is written under a temporary name and renamed into place. A source file's parts are named after its
 content hash and its manifest entry is written last, so a run killed half-way leaves parts without an entry; the next
 run deletes them (under the dataset's writer lock) before ingesting that file again. Nothing is stored twice.
+
+Every path is checked to stay inside the store root. Only files named ``<sha256>.json`` directly in a manifest folder
+are manifest entries; anything else there is ignored (``mdt4rec validate`` lists it). A write that fails (disk full,
+no permission) and a stored file that cannot be read (damaged, missing) are a StoreError naming the file and what to
+do: ``repair`` moves damaged files aside, with what depends on them, so that the next run reads their sources again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
+import io
 import json
 import os
+import posixpath
+import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from mdt4rec_core.config import check_dataset_name
+from mdt4rec_core.errors import InputError, StoreError, describe_os_error
+
 TMP_SUFFIX = ".tmp"
+DAMAGED = "damaged"
+AREAS = ("interactions", "quarantine", "manifest", "items", "users", "trajectories", "environments")
+MANIFEST_ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.json")
+READ_ERRORS = (OSError, ValueError, EOFError, TypeError, KeyError, pl.exceptions.PolarsError, pa.ArrowException)
+"""What reading and decoding a damaged file raises (pyarrow reports a damaged footer as an OSError without errno)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,14 @@ class ManifestEntry:
     file_error: str | None = None
 
 
+@dataclass(frozen=True)
+class Damage:
+    """A stored file (relative to the root) that cannot be read in full, and why."""
+
+    relative: str
+    problem: str
+
+
 class Store:
     """A Parquet store rooted at ``uri``."""
 
@@ -53,17 +83,24 @@ class Store:
         uri = str(uri)
         self.is_local = "://" not in uri
         self.uri = str(Path(uri).expanduser().resolve()) if self.is_local else uri.rstrip("/")
+        if self.is_local and Path(self.uri).exists() and not Path(self.uri).is_dir():
+            raise StoreError(f"{self.uri}: is a file, not a store folder (a missing folder is created)")
         self.fs, self.root = (
             pafs.FileSystem.from_uri(self.uri) if not self.is_local else (pafs.LocalFileSystem(), self.uri)
         )
 
     # -- paths -----------------------------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
-        return "/".join([self.root, *parts])
+        """The filesystem path of ``parts`` below the root; a StoreError when it would lead outside the store."""
+        joined = posixpath.normpath("/".join([self.root, *parts]))
+        if joined != self.root and not joined.startswith(self.root.rstrip("/") + "/"):
+            raise StoreError(f"{'/'.join(parts)}: leads outside the store {self.uri}")
+        return joined
 
     def url(self, *parts: str) -> str:
         """A path polars and pyarrow readers accept (local path or URI)."""
-        return self.path(*parts) if self.is_local else "/".join([self.uri, *parts])
+        path = self.path(*parts)
+        return path if self.is_local else self.uri + path[len(self.root) :]
 
     def interaction_part(self, dataset: str, ingest_date: str, sha256: str) -> str:
         return f"interactions/dataset={dataset}/ingest_date={ingest_date}/part-{sha256[:16]}.parquet"
@@ -74,29 +111,116 @@ class Store:
     # -- atomic writes -----------------------------------------------------------------------------------------------
     def write_parquet(self, frame: pl.DataFrame, relative: str) -> None:
         """Write ``frame`` to ``relative`` atomically: a temporary file in the same folder, then a rename."""
-        final = self.path(relative)
-        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        temporary = f"{final}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-        pq.write_table(frame.to_arrow(), temporary, filesystem=self.fs, compression="zstd")
-        self.fs.move(temporary, final)
+        self._write(
+            relative,
+            lambda temporary: pq.write_table(frame.to_arrow(), temporary, filesystem=self.fs, compression="zstd"),
+        )
 
     def write_json(self, payload: dict, relative: str) -> None:
         self.write_bytes(json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), relative)
 
     def write_bytes(self, content: bytes, relative: str) -> None:
         """Write ``content`` to ``relative`` atomically (temporary file in the same folder, then a rename)."""
+
+        def write(temporary: str) -> None:
+            with self.fs.open_output_stream(temporary) as out:
+                out.write(content)
+
+        self._write(relative, write)
+
+    def _write(self, relative: str, write: Callable[[str], None]) -> None:
+        """``write`` a temporary file next to ``relative``, then rename it into place."""
         final = self.path(relative)
-        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         temporary = f"{final}.{uuid.uuid4().hex}{TMP_SUFFIX}"
-        with self.fs.open_output_stream(temporary) as out:
-            out.write(content)
-        self.fs.move(temporary, final)
+        with self._changing(relative, temporary):
+            self.fs.create_dir(posixpath.dirname(final), recursive=True)
+            write(temporary)
+            self.fs.move(temporary, final)
+
+    @contextlib.contextmanager
+    def _changing(self, relative: str, temporary: str | None = None) -> Iterator[None]:
+        """Turn an OSError while changing ``relative`` (disk full, no permission) into a StoreError naming it,
+        after removing ``temporary`` (the half-written file) when given."""
+        try:
+            yield
+        except OSError as exc:
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    self.fs.delete_file(temporary)
+            raise StoreError(
+                f"{self.url(relative)}: cannot write ({describe_os_error(exc)}); nothing was half-written: "
+                "run again once that is fixed"
+            ) from None
+
+    def delete(self, relative: str) -> None:
+        with self._changing(relative):
+            self.fs.delete_file(self.path(relative))
+
+    def _move(self, relative: str, destination: str) -> None:
+        """Rename the file or folder ``relative`` to ``destination`` (both relative to the root)."""
+        with self._changing(relative):
+            self.fs.create_dir(posixpath.dirname(self.path(destination)), recursive=True)
+            self.fs.move(self.path(relative), self.path(destination))
+
+    # -- reads -------------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reading(self, relative: str) -> Iterator[None]:
+        """Turn a failure to read or decode the stored file ``relative`` into a StoreError naming it and what to do."""
+        try:
+            yield
+        except InputError:
+            raise
+        except READ_ERRORS as exc:
+            raise StoreError(f"{self.url(relative)}: {read_problem(exc)}: {self._remedy(relative, exc)}") from None
+
+    def _remedy(self, relative: str, exc: BaseException) -> str:
+        if not is_damage(exc):
+            return "check the file's permissions and the disk, then run again"
+        found = re.search(r"dataset=([^/]+)", relative)
+        dataset = found.group(1) if found else "<name>"
+        return (
+            f"`mdt4rec validate --repair --dataset {dataset} --store {self.uri}` moves it aside, then "
+            f"`mdt4rec ingest --dataset {dataset}` rebuilds it from the sources"
+        )
 
     def read_json(self, relative: str) -> dict | None:
+        """The JSON object stored at ``relative``, or None when there is no such file."""
         if not self.exists(relative):
             return None
+        with self.reading(relative):
+            return self._json_object(relative)
+
+    def read_parquet(self, relative: str, columns: list[str] | None = None) -> pl.DataFrame:
+        with self.reading(relative):
+            return pl.read_parquet(self.url(relative), columns=columns)
+
+    def read_array(self, relative: str) -> np.ndarray:
+        """A stored ``.npy`` array (never unpickled)."""
+        with self.reading(relative):
+            return self._array(relative)
+
+    # Decoders: read a stored file in full and raise what the reader raises (see ``reading`` and ``damaged_files``).
+    def _bytes(self, relative: str) -> bytes:
         with self.fs.open_input_stream(self.path(relative)) as handle:
-            return json.loads(handle.read())
+            return handle.read()
+
+    def _json_object(self, relative: str) -> dict:
+        payload = json.loads(self._bytes(relative))
+        if not isinstance(payload, dict):
+            raise ValueError(f"a JSON {type(payload).__name__}, not an object")
+        return payload
+
+    def _array(self, relative: str) -> np.ndarray:
+        return np.load(io.BytesIO(self._bytes(relative)), allow_pickle=False)
+
+    def _table(self, relative: str) -> pl.DataFrame:
+        return pl.read_parquet(self.url(relative))
+
+    def _entry(self, relative: str) -> ManifestEntry:
+        entry = ManifestEntry(**self._json_object(relative))
+        if f"{entry.sha256}.json" != posixpath.basename(relative):
+            raise ValueError(f"the entry is for {entry.sha256[:16]}..., not for the file it is named after")
+        return entry
 
     def exists(self, relative: str) -> bool:
         return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
@@ -104,36 +228,42 @@ class Store:
     def files(self, relative: str, suffix: str = "") -> list[str]:
         """Paths (relative to the root) of the files below ``relative`` whose name ends with ``suffix``, sorted."""
         selector = pafs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)
-        prefix = len(self.root) + 1
+        prefix = len(self.root.rstrip("/")) + 1
+        with self.reading(relative):
+            infos = self.fs.get_file_info(selector)
         return sorted(
-            info.path[prefix:]
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and info.path.endswith(suffix)
+            info.path[prefix:] for info in infos if info.type == pafs.FileType.File and info.path.endswith(suffix)
         )
 
-    def delete(self, relative: str) -> None:
-        self.fs.delete_file(self.path(relative))
-
+    # -- writer lock -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def writer_lock(self, dataset: str) -> Iterator[None]:
         """Hold the dataset's writer lock (one writer at a time on a local store), after clearing what killed
         writers left behind: temporary files, and parts of source files that never made it into the manifest."""
-        handle = None
-        if self.is_local:
-            lock_dir = Path(self.root) / ".locks"
-            lock_dir.mkdir(parents=True, exist_ok=True)
-            handle = (lock_dir / f"{dataset}.lock").open("w")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
+        with self._exclusive(dataset):
             self._clear_leftovers(dataset)
             yield
+
+    @contextlib.contextmanager
+    def _exclusive(self, dataset: str) -> Iterator[None]:
+        """Hold the lock file ``.locks/<dataset>.lock`` of a local store (a remote store is not locked)."""
+        check_dataset_name(dataset)
+        if not self.is_local:
+            yield
+            return
+        relative = f".locks/{dataset}.lock"
+        with self._changing(relative):
+            Path(self.path(".locks")).mkdir(parents=True, exist_ok=True)
+            handle = Path(self.path(relative)).open("a")  # append mode: opening never truncates a file
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
         finally:
-            if handle is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     def _clear_leftovers(self, dataset: str) -> None:
-        for area in ("interactions", "quarantine", "manifest", "items", "users", "trajectories"):
+        for area in AREAS:
             for leftover in self.files(f"{area}/dataset={dataset}", TMP_SUFFIX):
                 self.delete(leftover)
         recorded = {sha[:16] for sha in self.manifest(dataset)}
@@ -144,15 +274,24 @@ class Store:
 
     # -- manifest ----------------------------------------------------------------------------------------------------
     def manifest(self, dataset: str) -> dict[str, ManifestEntry]:
-        entries = {}
-        for relative in self.files(f"manifest/dataset={dataset}", ".json"):
-            payload = self.read_json(relative)
-            assert payload is not None
-            entries[payload["sha256"]] = ManifestEntry(**payload)
-        return entries
+        """The dataset's manifest entries by the content hash of their source file."""
+        entries = []
+        for relative in self._manifest_files(dataset):
+            with self.reading(relative):
+                entries.append(self._entry(relative))
+        return {entry.sha256: entry for entry in entries}
 
     def record(self, dataset: str, entry: ManifestEntry) -> None:
         self.write_json(asdict(entry), f"manifest/dataset={dataset}/{entry.sha256}.json")
+
+    def stray_files(self, dataset: str) -> list[str]:
+        """Files in the dataset's manifest folder that are not manifest entries (ignored)."""
+        folder = f"manifest/dataset={dataset}"
+        return [p for p in self.files(folder) if not p.endswith(TMP_SUFFIX) and not _is_manifest_entry(folder, p)]
+
+    def _manifest_files(self, dataset: str) -> list[str]:
+        folder = f"manifest/dataset={dataset}"
+        return [p for p in self.files(folder, ".json") if _is_manifest_entry(folder, p)]
 
     # -- reading -----------------------------------------------------------------------------------------------------
     def interaction_parts(self, dataset: str) -> list[str]:
@@ -160,7 +299,7 @@ class Store:
 
     def scan_interactions(self, dataset: str) -> pl.LazyFrame | None:
         """All stored events of ``dataset`` (None when nothing is stored), without the hive partition columns."""
-        parts = self.interaction_parts(dataset)
+        parts = self._footers_checked(self.interaction_parts(dataset))
         if not parts:
             return None
         return pl.scan_parquet(
@@ -173,5 +312,113 @@ class Store:
         return None if scan is None else scan.select(key_hash.alias("hash")).collect()["hash"]
 
     def scan_quarantine(self, dataset: str) -> pl.LazyFrame | None:
-        parts = self.files(f"quarantine/dataset={dataset}", ".parquet")
+        parts = self._footers_checked(self.files(f"quarantine/dataset={dataset}", ".parquet"))
         return pl.scan_parquet([self.url(p) for p in parts], hive_partitioning=False) if parts else None
+
+    def _footers_checked(self, parts: list[str]) -> list[str]:
+        """``parts``, once each has been found to end in a readable Parquet footer (a truncated part is a StoreError
+        naming it, before a scan fails on it without naming it)."""
+        for part in parts:
+            with self.reading(part):
+                pq.read_metadata(self.path(part), filesystem=self.fs)
+        return parts
+
+    # -- damage and repair -------------------------------------------------------------------------------------------
+    def damaged_files(self, dataset: str) -> list[Damage]:
+        """Every stored file of ``dataset`` that cannot be read in full, and why."""
+        damaged = []
+        for relative, decode in self._decoders(dataset):
+            try:
+                decode(relative)
+            except READ_ERRORS as exc:
+                damaged.append(Damage(relative, read_problem(exc)))
+        return damaged
+
+    def _decoders(self, dataset: str) -> Iterator[tuple[str, Callable[[str], object]]]:
+        """Each stored file of ``dataset`` with what reads it in full: the manifest entries, and the Parquet, JSON
+        and ``.npy`` files of the other areas."""
+        for relative in self._manifest_files(dataset):
+            yield relative, self._entry
+        by_suffix: dict[str, Callable[[str], object]] = {
+            ".parquet": self._table,
+            ".json": self._json_object,
+            ".npy": self._array,
+        }
+        for area in AREAS:
+            if area == "manifest":
+                continue
+            for relative in self.files(f"{area}/dataset={dataset}"):
+                decode = by_suffix.get(posixpath.splitext(relative)[1])
+                if decode is not None:
+                    yield relative, decode
+
+    def repair(self, dataset: str) -> list[str]:
+        """Move every damaged file of ``dataset`` aside into ``damaged/<time>-<id>/`` (same relative path) with what
+        depends on it, under the writer lock; returns what was moved. Nothing is deleted.
+
+        A damaged part or manifest entry takes its source file's parts and entry along (the next ingest reads that
+        source again); a damaged side table takes its manifest entries; a damaged file of a trajectory set or an
+        environment takes its whole version (rebuilt when next needed), and a damaged ``CURRENT.json`` the
+        dataset's trajectory sets.
+        """
+        with self._exclusive(dataset):
+            destination = f"{DAMAGED}/{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+            moved: list[str] = []
+            for damage in self.damaged_files(dataset):
+                for piece in self._repair_unit(dataset, damage.relative):
+                    if piece not in moved and self.exists(piece):
+                        self._move(piece, f"{destination}/{piece}")
+                        moved.append(piece)
+            return moved
+
+    def _repair_unit(self, dataset: str, relative: str) -> list[str]:
+        """What moves aside with the damaged file ``relative`` (see ``repair``)."""
+        area, name = relative.split("/", 1)[0], posixpath.basename(relative)
+        if area in ("interactions", "quarantine", "manifest"):
+            return [relative, *self._source_pieces(dataset, name.removeprefix("part-")[:16])]
+        if area in ("items", "users"):
+            return [relative, *self._entries_of_kind(dataset, area)]
+        version = re.match(r"(.*?/version=[^/]+)/", relative)
+        if version:
+            return [version.group(1)]
+        return [posixpath.dirname(relative)] if area == "trajectories" else [relative]
+
+    def _source_pieces(self, dataset: str, sha16: str) -> list[str]:
+        """The parts and manifest entries of the source file whose content hash starts with ``sha16``."""
+        parts = [
+            p
+            for area in ("interactions", "quarantine")
+            for p in self.files(f"{area}/dataset={dataset}", f"/part-{sha16}.parquet")
+        ]
+        return parts + [p for p in self._manifest_files(dataset) if posixpath.basename(p).startswith(sha16)]
+
+    def _entries_of_kind(self, dataset: str, kind: str) -> list[str]:
+        """The readable manifest entries of ``kind`` (``items`` or ``users``)."""
+        entries = []
+        for relative in self._manifest_files(dataset):
+            with contextlib.suppress(*READ_ERRORS):
+                if self._entry(relative).kind == kind:
+                    entries.append(relative)
+        return entries
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a failed read means the file is missing or damaged (rather than unreadable: no permission, I/O)."""
+    return isinstance(exc, FileNotFoundError) or not (isinstance(exc, OSError) and exc.errno)
+
+
+def read_problem(exc: BaseException) -> str:
+    """A failed read in a few words: ``missing``, ``permission denied``, ``damaged (<what the reader said>)``."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    if not is_damage(exc):
+        return describe_os_error(exc)  # type: ignore[arg-type]
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"damaged ({detail[:160]})"
+
+
+def _is_manifest_entry(folder: str, relative: str) -> bool:
+    return (
+        posixpath.dirname(relative) == folder
+        and MANIFEST_ENTRY_NAME.fullmatch(posixpath.basename(relative)) is not None
+    )

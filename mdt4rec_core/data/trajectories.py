@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass
 
@@ -17,7 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from mdt4rec_core.config import DatasetConfig, TrajectoryConfig
+from mdt4rec_core.config import DatasetConfig, TrajectoryConfig, check_dataset_name
 from mdt4rec_core.data.catalogue import held_out, item_catalogue
 from mdt4rec_core.data.episodes import EpisodeRule, SessionRule, position_since, user_starts
 from mdt4rec_core.data.item_factors import factorise_items
@@ -101,7 +102,8 @@ def episode_rule(config: TrajectoryConfig) -> EpisodeRule:
 
 def stored_episode_rule(store: Store, dataset: DatasetConfig, config: TrajectoryConfig) -> EpisodeRule:
     """``config.cut_by``: ``session``, or ``quit_rule`` (the quit rule of the dataset's environment under
-    ``config.quit_rule_protocol`` or else ``config.protocol``, built or reused from the store); ``auto`` is ``quit_rule`` for a dataset with a simulator."""
+    ``config.quit_rule_protocol`` or else ``config.protocol``, built or reused from the store); ``auto`` is
+    ``quit_rule`` for a dataset with a simulator."""
     cut_by = config.cut_by
     if cut_by == "auto":
         cut_by = "session" if dataset.environment is None else "quit_rule"
@@ -282,40 +284,67 @@ def finish_build(store: Store, plan: TrajectoryPlan, stats: TrajectoryStats, mak
     """Write the catalogue and the item factors of the saved steps, then build.json (a version without build.json
     is incomplete), then point CURRENT at it (unless ``make_current`` is false: a set built for a study)."""
     store.write_parquet(plan.catalogue, f"{plan.folder}/catalogue.parquet")
-    logged = pl.read_parquet(
-        [store.url(p) for p in store.files(f"{plan.folder}/steps", ".parquet")], columns=[USER_ID, "action", FEEDBACK]
+    logged = pl.concat(
+        [
+            store.read_parquet(part, columns=[USER_ID, "action", FEEDBACK])
+            for part in store.files(f"{plan.folder}/steps", ".parquet")
+        ]
     )
     factors = logged_item_factors(logged, plan.catalogue.height, plan.config.item_factors)
     store.write_parquet(pl.DataFrame({"vector": factors}), f"{plan.folder}/item_factors.parquet")
     store.write_json(asdict(stats), f"{plan.folder}/build.json")
     if make_current:
-        store.write_json({"version": plan.version}, f"trajectories/dataset={plan.dataset}/CURRENT.json")
+        set_current(store, plan.dataset, plan.version)
+
+
+def set_current(store: Store, dataset: str, version: str) -> None:
+    """Point ``CURRENT.json`` (the set the pipeline trains on) at the complete stored set ``version``."""
+    if current_version(store, dataset) != version:
+        store.write_json({"version": version}, f"trajectories/dataset={dataset}/CURRENT.json")
 
 
 def stored_stats(store: Store, dataset: str, version: str | None = None) -> TrajectoryStats | None:
     """Stats of the complete stored set ``version`` (default: the current one), or None when there is none."""
+    check_dataset_name(dataset)
+    version = version or current_version(store, dataset)
     if version is None:
-        current = store.read_json(f"trajectories/dataset={dataset}/CURRENT.json")
-        if current is None:
-            return None
-        version = current["version"]
-    stats = store.read_json(f"{trajectory_dir(dataset, version)}/build.json")
-    return None if stats is None else TrajectoryStats(**stats)
+        return None
+    relative = f"{trajectory_dir(dataset, version)}/build.json"
+    stats = store.read_json(relative)
+    if stats is None:
+        return None
+    with store.reading(relative):
+        return TrajectoryStats(**stats)
+
+
+def current_version(store: Store, dataset: str) -> str | None:
+    """The version ``CURRENT.json`` points at, or None before the first build."""
+    relative = f"trajectories/dataset={dataset}/CURRENT.json"
+    current = store.read_json(relative)
+    if current is None:
+        return None
+    with store.reading(relative):
+        if not re.fullmatch(r"[0-9a-f]{16}", str(current["version"])):
+            raise ValueError(f"not a trajectory version: {current['version']!r}")
+    return current["version"]
 
 
 def load_trajectories(store: Store, dataset: str, version: str | None = None) -> TrajectorySet | None:
-    """The complete stored set ``version`` (default: the current one) read into memory, or None."""
+    """The complete stored set ``version`` (default: the current one) read into memory, or None; a stored file
+    that cannot be read is a StoreError naming it."""
     stats = stored_stats(store, dataset, version)
     if stats is None:
         return None
     folder = trajectory_dir(dataset, stats.version)
-    steps = pl.read_parquet([store.url(p) for p in store.files(f"{folder}/steps", ".parquet")])
-    catalogue = pl.read_parquet(store.url(f"{folder}/catalogue.parquet"))
-    if not store.exists(f"{folder}/item_factors.parquet"):
+    steps = pl.concat([store.read_parquet(p) for p in store.files(f"{folder}/steps", ".parquet")])
+    catalogue = store.read_parquet(f"{folder}/catalogue.parquet")
+    factors_file = f"{folder}/item_factors.parquet"
+    if not store.exists(factors_file):
         raise InputError(
             f"{store.url(folder)} was built by an earlier version (no item factors): run mdt4rec ingest to rebuild it"
         )
-    factors = pl.read_parquet(store.url(f"{folder}/item_factors.parquet"))["vector"]
+    factors = store.read_parquet(factors_file)["vector"]
     width = factors.dtype.size if isinstance(factors.dtype, pl.Array) else 0
-    item_factors = factors.to_numpy().astype(np.float32).reshape(catalogue.height, width)
+    with store.reading(factors_file):
+        item_factors = factors.to_numpy().astype(np.float32).reshape(catalogue.height, width)
     return TrajectorySet(steps, catalogue, stats, item_factors)

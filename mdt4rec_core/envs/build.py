@@ -191,7 +191,7 @@ def item_features(store: Store, dataset: DatasetConfig, spec: EnvironmentSpec, c
             f"dataset {dataset.name!r}: the {spec.quit} quit rule needs an item table with column "
             f"{spec.feature_column!r} (ingest it with the dataset's items file)"
         )
-    items = pl.read_parquet(store.url(path))
+    items = store.read_parquet(path)
     if spec.feature_column not in items.columns:
         raise InputError(f"{path}: no column {spec.feature_column!r} for the {spec.quit} quit rule")
     listed = (
@@ -232,25 +232,22 @@ def save_environment(store: Store, environment: Environment) -> None:
 def load_environment(
     store: Store, dataset: DatasetConfig, protocol: Protocol, recipe: FactorisationConfig = DEFAULT_RECIPE
 ) -> Environment | None:
-    """The stored environment for the store's current snapshot of ``dataset``, or None."""
+    """The stored environment for the store's current snapshot of ``dataset``, or None; a stored file that cannot
+    be read is a StoreError naming it."""
     version = environment_version(store, dataset, protocol, recipe)
     folder = environment_dir(dataset.name, protocol, version)
     payload = store.read_json(f"{folder}/env.json")
     if payload is None:
         return None
-    info = EnvironmentInfo(**payload)
     arrays = {
-        n: _read_array(store, f"{folder}/{n}.npy")
+        n: store.read_array(f"{folder}/{n}.npy")
         for n in ("rewards", "start_users", "train_users", "item_counts", "rule_matrix")
     }
-    spec = info.quit_rule
-    rule: QuitRule = (
-        DistanceQuit(arrays["rule_matrix"], spec["threshold"], spec["window"])
-        if spec["rule"] == "distance"
-        else RepeatQuit(arrays["rule_matrix"], spec["window"], spec["max_occurrences"], name=spec["rule"])
-    )
-    user_ids = pl.read_parquet(store.url(f"{folder}/users.parquet"))[USER_ID].to_numpy()
-    catalogue = pl.read_parquet(store.url(f"{folder}/catalogue.parquet"))
+    with store.reading(f"{folder}/env.json"):
+        info = EnvironmentInfo(**payload)
+        rule = _stored_quit_rule(info.quit_rule, arrays["rule_matrix"])
+    user_ids = store.read_parquet(f"{folder}/users.parquet")[USER_ID].to_numpy()
+    catalogue = store.read_parquet(f"{folder}/catalogue.parquet")
     return Environment(
         info,
         arrays["rewards"],
@@ -261,6 +258,13 @@ def load_environment(
         arrays["train_users"],
         arrays["item_counts"],
     )
+
+
+def _stored_quit_rule(spec: dict, matrix: np.ndarray) -> QuitRule:
+    """The quit rule described by ``spec`` (``QuitRule.describe()``) over its stored distance or feature matrix."""
+    if spec["rule"] == "distance":
+        return DistanceQuit(matrix, spec["threshold"], spec["window"])
+    return RepeatQuit(matrix, spec["window"], spec["max_occurrences"], name=spec["rule"])
 
 
 def build_or_load(
@@ -279,8 +283,3 @@ def _write_array(store: Store, relative: str, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     store.write_bytes(buffer.getvalue(), relative)
-
-
-def _read_array(store: Store, relative: str) -> np.ndarray:
-    with store.fs.open_input_stream(store.path(relative)) as handle:
-        return np.load(io.BytesIO(handle.read()), allow_pickle=False)

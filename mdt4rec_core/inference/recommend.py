@@ -49,6 +49,22 @@ def context_from_history(
     return EpisodeContext(state_items, state_feedback, state_mask, returns, indices, forbidden)
 
 
+def checked_feedback(values: list) -> np.ndarray:
+    """Raw feedback values as float64, shape (len(values),); a null, non-numeric, NaN or infinite value is an
+    InputError naming its position."""
+    checked = np.empty(len(values), dtype=np.float64)
+    for position, value in enumerate(values):
+        if value is None:
+            raise InputError(f"feedback[{position}] is null: give a finite number for every history item")
+        try:
+            checked[position] = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"feedback[{position}] is not a number ({value!r})") from None
+        if not np.isfinite(checked[position]):
+            raise InputError(f"feedback[{position}] is {checked[position]}: feedback values must be finite numbers")
+    return checked
+
+
 class Recommender:
     """A checkpoint loaded once, answering recommendation requests (the command line and the MLflow model)."""
 
@@ -66,6 +82,7 @@ class Recommender:
             raise InputError("the history is empty: give at least one item the user interacted with")
         if feedback is not None and len(feedback) != len(history):
             raise InputError(f"feedback has {len(feedback)} values for {len(history)} history items")
+        raw = checked_feedback(feedback) if feedback is not None else np.full(len(history), float(self.high))
         if k < 1:
             raise InputError(f"k must be at least 1 (got {k})")
         unknown = [item for item in history if item not in self.index]
@@ -73,7 +90,6 @@ class Recommender:
             raise InputError(
                 f"unknown item id {unknown[0]!r} (not in the checkpoint's catalogue of {len(self.index):,} items)"
             )
-        raw = np.asarray(feedback if feedback is not None else [self.high] * len(history), dtype=np.float64)
         rewards = normalised_rewards(raw, self.low, self.high)
         config = self.model.config
         context = context_from_history(

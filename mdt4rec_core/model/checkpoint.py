@@ -5,11 +5,13 @@ from the config, reloads the frozen backbone from its source, and unpickles noth
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import polars as pl
 import torch
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -42,22 +44,73 @@ def save_checkpoint(model: MDT4Rec, catalogue: pl.DataFrame, folder: Path, metad
 
 
 def load_checkpoint(folder: Path) -> tuple[MDT4Rec, pl.DataFrame, dict]:
-    """The model (eval mode), its catalogue and metadata; a missing, corrupt or mismatched checkpoint is an
-    InputError."""
+    """The model (eval mode), its catalogue (``item_id``, ``index``: one row per item in index order) and metadata;
+    a missing, corrupt or mismatched checkpoint file is an InputError naming the file."""
     for name in (WEIGHTS, CONFIG, CATALOGUE, METADATA):
         if not (folder / name).is_file():
             raise InputError(f"{folder}: not a checkpoint folder ({name} missing)")
+    config = _read_config(folder / CONFIG)
+    catalogue = _read_catalogue(folder / CATALOGUE, config.items)
+    metadata = _read_metadata(folder / METADATA)
+    return _read_model(folder, config).eval(), catalogue, metadata
+
+
+def _damaged(path: Path, problem: str) -> InputError:
+    return InputError(f"{path}: {problem}; the checkpoint is damaged: train it again or restore the folder")
+
+
+def _read_json(path: Path):
     try:
-        config = ModelConfig.model_validate(json.loads((folder / CONFIG).read_text()))
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise InputError(f"{folder / CONFIG}: not a valid model configuration ({exc.__class__.__name__})") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _damaged(path, f"not valid JSON ({exc.__class__.__name__})") from None
+
+
+def _read_config(path: Path) -> ModelConfig:
+    data = _read_json(path)
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _damaged(path, f"not a valid model configuration ({exc.error_count()} errors)") from None
+
+
+def _read_catalogue(path: Path, items: int) -> pl.DataFrame:
+    """The item ids in index order: ``item_id`` (string) and ``index`` (0 .. items - 1), ``items`` rows."""
+    try:
+        catalogue = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _damaged(path, f"not a readable Parquet file ({exc.__class__.__name__})") from None
+    schema = catalogue.schema
+    if schema.get("item_id") != pl.String or not (schema.get("index") or pl.Null).is_integer():
+        raise _damaged(path, f"expected columns item_id (string) and index (integer), found {dict(schema)}")
+    if catalogue.height != items:
+        raise _damaged(path, f"{catalogue.height} items where config.json says {items}")
+    if not catalogue["index"].equals(pl.Series("index", range(items)), check_dtypes=False):
+        raise _damaged(path, "index is not 0, 1, ... in row order")
+    return catalogue
+
+
+def _read_metadata(path: Path) -> dict:
+    """The training data's description: ``dataset``, ``trajectory_version`` and the finite feedback range."""
+    metadata = _read_json(path)
+    if not isinstance(metadata, dict):
+        raise _damaged(path, "expected a JSON object")
+    for key in ("feedback_min", "feedback_max"):
+        value = metadata.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _damaged(path, f"{key} must be a finite number (found {value!r})")
+    for key in ("dataset", "trajectory_version"):
+        if not isinstance(metadata.get(key), str):
+            raise _damaged(path, f"{key} must be a string (found {metadata.get(key)!r})")
+    return metadata
+
+
+def _read_model(folder: Path, config: ModelConfig) -> MDT4Rec:
+    """The network of ``config`` with the weights of ``model.safetensors``; they must match key by key."""
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:
-        raise InputError(f"{folder / WEIGHTS}: unreadable weights ({exc})") from None
-    catalogue = pl.read_parquet(folder / CATALOGUE)
-    if catalogue.height != config.items:
-        raise InputError(f"{folder}: catalogue has {catalogue.height} items, config.json says {config.items}")
+        raise _damaged(folder / WEIGHTS, f"unreadable weights ({exc})") from None
     model = MDT4Rec(config)
     expected = saved_state(model)
     missing = sorted(set(expected) - set(state))
@@ -71,7 +124,7 @@ def load_checkpoint(folder: Path) -> tuple[MDT4Rec, pl.DataFrame, dict]:
         )
         raise InputError(f"{folder}: config.json does not match model.safetensors ({detail})")
     model.load_state_dict(state, strict=False)
-    return model.eval(), catalogue, json.loads((folder / METADATA).read_text())
+    return model
 
 
 def _atomic(path: Path, write) -> None:

@@ -18,14 +18,15 @@ from mdt4rec_core.data.readers.text import WHITESPACE, TextLayout, read_text_row
 class FormatSpec:
     """A raw format: its reader, the interaction files it looks for in a folder (in time order), and its defaults.
 
-    ``columns`` maps canonical names to this format's column names. ``ordinal_time``: the format records no time, so
-    events are timed by their position across the files (seconds since the epoch, in file order).
+    ``columns`` maps canonical names to this format's column names; ``timestamp_unit`` is its unit unless the
+    dataset sets one. ``ordinal_time``: the format records no time, so events are timed by their position across
+    the files (seconds since the epoch, in file order).
     """
 
     read: Callable[[Path], RawRows]
     files: tuple[str, ...]
     columns: dict[str, str] = field(default_factory=dict)
-    timestamp_unit: TimestampUnit = "auto"
+    timestamp_unit: TimestampUnit = "s"
     ordinal_time: bool = False
 
 
