@@ -3,6 +3,11 @@
 Deployed as ``train-mdt4rec/nightly`` (``mdt4rec deploy`` or prefect.yaml). Each run ingests what arrived in the
 landing folder; a run with nothing new says so and trains nothing unless ``force``. The model is logged to MLflow
 and registered; the alias ``champion`` moves only when the new version beats the champion (tasks/tracking.py).
+
+Training is not repeated after a late failure: every finished training is remembered by its inputs (dataset, store,
+trajectory set, resolved preset, processes; runs/<dataset>/by-inputs/). A run whose inputs match a finished training
+that no registered version carries (its registration failed, e.g. the tracking server went away) takes that
+checkpoint instead of training; once a version carries it, a run with the same inputs (``force``) trains anew.
 """
 
 import datetime as dt
@@ -34,7 +39,11 @@ class TrainRequest(BaseModel):
     profile: Profile = Field("cpu", description="conf/profiles/<profile>.yaml: smoke, cpu or paper")
     dataset: str = Field("ml-1m", description="conf/datasets/<dataset>.yaml")
     overrides: list[str] | None = Field(None, description="key.path=value changes to the profile")
-    force: bool = Field(False, description="train even when no new data arrived")
+    force: bool = Field(
+        False,
+        description="train even when no new data arrived (a finished training of the same inputs that is not "
+        "registered yet is registered instead)",
+    )
 
 
 def _task(function, name: str):
@@ -76,8 +85,7 @@ def train_mdt4rec(
         return summary
 
     environments = {p: prepare_environment(pipeline.store, pipeline.dataset, p) for p in plan.evaluation.protocols}
-    out = RUNS_DIR / pipeline.dataset / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"
-    trained = train_model(plan, out)
+    trained = _trained(plan, ingest["trajectory_version"], trained_before)
     evaluations = evaluate_all.with_options(task_runner=task_runner(plan.scale))(
         pipeline.store, pipeline.dataset, trained["checkpoint"], plan.evaluation
     )
@@ -154,49 +162,71 @@ def record_and_register(
     baselines: list[dict],
 ) -> dict[str, Any]:
     """Log the run to MLflow (params, per-step metrics, evaluation table, plots, GX summary, config), log the
-    checkpoint as a pyfunc model and register it through the promotion gate."""
+    checkpoint as a pyfunc model and register it through the promotion gate. When the server stops answering, the run
+    fails with one line naming it; the checkpoint stays for the next run with the same inputs."""
     pipeline = plan.pipeline
-    experiment = tracking.experiment_id(client, pipeline.dataset, pipeline.tracking)
-    run_id = tracking.record_run(
-        client,
-        experiment,
-        run_name=flow_run.get_name() or "local",
-        plan=plan,
-        ingest=ingest,
-        trained=trained,
-        evaluations=evaluations,
-        figures={
-            "plots/learning_curve.png": reporting.learning_curve(trained["history"]),
-            "plots/r_cumu_by_mode.png": reporting.returns_by_mode(evaluations),
-            "plots/chosen_history_lengths.png": reporting.history_lengths(evaluations),
-        },
-        baselines=baselines,
+    kept = (
+        f"the checkpoint {trained['checkpoint']} is kept: once the server is back, the next run with the same "
+        "inputs registers it without training again"
     )
-    model_uri = tracking.log_model(run_id, Path(trained["checkpoint"]))
-    tags = {
-        "dataset": pipeline.dataset,
-        "trajectory_version": ingest["trajectory_version"],
-        "profile": plan.profile,
-        "mlflow_run_id": run_id,
-    }
+    with tracking.server_answering(client, pipeline.tracking, kept):
+        experiment = tracking.experiment_id(client, pipeline.dataset, pipeline.tracking)
+        run_id = tracking.record_run(
+            client,
+            experiment,
+            run_name=flow_run.get_name() or "local",
+            plan=plan,
+            ingest=ingest,
+            trained=trained,
+            evaluations=evaluations,
+            figures={
+                "plots/learning_curve.png": reporting.learning_curve(trained["history"]),
+                "plots/r_cumu_by_mode.png": reporting.returns_by_mode(evaluations),
+                "plots/chosen_history_lengths.png": reporting.history_lengths(evaluations),
+            },
+            baselines=baselines,
+        )
+        model_uri = tracking.log_model(run_id, Path(trained["checkpoint"]))
+        tags = {
+            "dataset": pipeline.dataset,
+            "trajectory_version": ingest["trajectory_version"],
+            "profile": plan.profile,
+            "mlflow_run_id": run_id,
+            "checkpoint": trained["checkpoint"],
+        }
 
-    def score_of(champion) -> float | None:
-        with tempfile.TemporaryDirectory() as folder:
-            local = tracking.download_model(champion, Path(folder))
-            evaluation = plan.evaluation
-            return champion_score(
-                pipeline.store,
-                pipeline.dataset,
-                str(local / "artifacts" / "checkpoint"),
-                evaluation.gate.mode,
-                evaluation.gate.protocol,
-                evaluation.episodes,
-                evaluation.seeds,
-            )
+        def score_of(champion) -> float | None:
+            with tempfile.TemporaryDirectory() as folder:
+                local = tracking.download_model(champion, Path(folder))
+                evaluation = plan.evaluation
+                return champion_score(
+                    pipeline.store,
+                    pipeline.dataset,
+                    str(local / "artifacts" / "checkpoint"),
+                    evaluation.gate.mode,
+                    evaluation.gate.protocol,
+                    evaluation.episodes,
+                    evaluation.seeds,
+                )
 
-    registration = tracking.register(client, pipeline.tracking.model_name, model_uri, gate, tags, score_of)
-    client.set_tag(run_id, "registered_version", str(registration["version"]))
+        registration = tracking.register(client, pipeline.tracking.model_name, model_uri, gate, tags, score_of)
+        client.set_tag(run_id, "registered_version", str(registration["version"]))
     return {"run_id": run_id, "registration": registration}
+
+
+def _trained(plan: RunPlan, trajectory_version: str, registered: list) -> dict[str, Any]:
+    """The last finished training with the same inputs when no ``registered`` version carries its checkpoint (its
+    registration failed); otherwise a new training, remembered by its inputs."""
+    runs = RUNS_DIR / plan.pipeline.dataset
+    checkpoints = {v.tags["checkpoint"] for v in registered if "checkpoint" in v.tags}
+    finished = training.reusable_training(runs, plan, trajectory_version, checkpoints)
+    if finished is not None:
+        print(f"reusing {finished['checkpoint']}: a finished training with the same inputs, not registered yet")
+        return {**finished, "reused": True}
+    out = runs / f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{flow_run.get_name() or 'local'}"
+    trained = train_model(plan, out)
+    training.remember_training(runs, plan, trained)
+    return trained
 
 
 def _ingest_view(ingest: dict[str, Any]) -> dict[str, Any]:

@@ -145,6 +145,10 @@ class TrajectoryConfig(StrictModel):
     )
 
 
+LOCK_TIMEOUT_SECONDS = 600.0
+"""How long a writer waits for the dataset's writer lock by default (``ingest.lock_timeout_seconds``)."""
+
+
 class IngestConfig(StrictModel):
     """How new raw files are taken in."""
 
@@ -157,14 +161,25 @@ class IngestConfig(StrictModel):
     feedback_max: float | None = Field(
         None, gt=0, description="the dataset's feedback_max for this run (the way to set it for an ad-hoc dataset)"
     )
+    lock_timeout_seconds: float = Field(
+        LOCK_TIMEOUT_SECONDS,
+        gt=0,
+        description="how long a run waits for the dataset's writer lock while another process holds it, then fails",
+    )
 
 
 class TrackingConfig(StrictModel):
-    """Where MLflow keeps runs and models when MLFLOW_TRACKING_URI is not set: an embedded sqlite file."""
+    """Where MLflow keeps runs and models when MLFLOW_TRACKING_URI is not set (an embedded sqlite file), and how
+    long its requests retry a server that does not answer."""
 
     uri: str = Field("sqlite:///mlflow.db", description="tracking and registry URI; MLFLOW_TRACKING_URI wins")
     artifacts: str = Field("mlartifacts", description="artifact folder of experiments this project creates")
     model_name: str = Field("mdt4rec", description="registered model name")
+    retries: int = Field(4, ge=0, description="retries of a tracking or registry request that got no answer")
+    backoff_seconds: int = Field(
+        2, ge=0, description="back-off factor: the waits between retries are 0, 2x, 4x, 8x ... this many seconds"
+    )
+    timeout_seconds: int = Field(60, ge=1, description="seconds one tracking or registry request waits for an answer")
 
 
 class ServingConfig(StrictModel):

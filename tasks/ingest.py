@@ -4,17 +4,26 @@
 The chain is written once (``run_ingest``) over a table of steps. ``PLAIN_STEPS`` call the functions directly
 (``mdt4rec ingest``); ``TASK_STEPS`` are the same functions as Prefect tasks (the ``ingest-logs`` flow), so that each
 step shows up as a task run with its own state, logs and duration.
+
+What ``mdt4rec_core`` logs (such as waiting for a writer lock) goes to the console and, inside a Prefect run, into
+the run's log too. A failed validation's error names the files whose rows failed; a Prefect run logs it and also
+publishes it as a markdown artifact.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.logging.handlers import APILogHandler
 
 from mdt4rec_core.config import DatasetConfig, IngestConfig, PipelineConfig, TrajectoryConfig
 from mdt4rec_core.data.ingest import (
@@ -44,10 +53,31 @@ from mdt4rec_core.data.trajectories import (
 from tasks.validation import (
     ValidationFailed,
     ValidationReport,
+    failure_message,
+    files_failing_interactions,
     reports_dir,
     validate_interactions,
     validate_trajectories,
 )
+
+
+def in_a_run() -> bool:
+    """Whether this runs inside a Prefect flow or task run."""
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def send_core_logs_to_runs() -> None:
+    """Send what ``mdt4rec_core`` logs into the log of the Prefect run it happens in (it reaches the console through
+    the root logger either way); once per process."""
+    core = logging.getLogger("mdt4rec_core")
+    if any(isinstance(handler, APILogHandler) for handler in core.handlers):
+        return
+    handler = APILogHandler()
+    handler.addFilter(lambda _record: in_a_run())
+    core.addHandler(handler)
+
+
+send_core_logs_to_runs()
 
 
 def plan_logs(dataset: DatasetConfig, store_uri: str, config: IngestConfig) -> IngestPlan:
@@ -59,14 +89,26 @@ def read_logs(dataset: DatasetConfig, files: list[tuple[int, SourceFile]], store
 
 
 def check_interactions(batch: IngestBatch, store_uri: str) -> ValidationReport:
-    """Validate the batch's accepted rows before anything is stored; raise ValidationFailed naming the batch's files
-    when they fail."""
-    report = validate_interactions(batch.accepted, reports_dir(Store(store_uri), batch.dataset))
+    """Validate the batch's accepted rows before anything is stored; raise ValidationFailed naming the files whose
+    rows fail."""
+    now = dt.datetime.now(dt.UTC)
+    report = validate_interactions(batch.accepted, reports_dir(Store(store_uri), batch.dataset), now)
     if not report.success:
-        files = [str(f.source.path) for f in batch.files]
-        more = f" (and {len(files) - 1} more files)" if len(files) > 1 else ""
-        raise ValidationFailed(f"{files[0]}{more}: {report.summary()}")
+        fail_validation(report, files_failing_interactions(batch.accepted, now))
     return report
+
+
+def fail_validation(report: ValidationReport, sources: list[str]) -> NoReturn:
+    """Raise ValidationFailed naming the ``sources`` whose rows failed; inside a Prefect run, first publish the
+    message as a markdown artifact of the run."""
+    message = failure_message(report, sources)
+    if in_a_run():
+        listed = "\n".join(f"- `{source}`" for source in sources)
+        create_markdown_artifact(
+            markdown=f"# Validation failed\n\nRows of:\n\n{listed}\n\n```\n{message}\n```\n",
+            description=f"suite {report.suite!r} failed on rows of {len(sources)} source(s)",
+        )
+    raise ValidationFailed(message)
 
 
 def store_logs(batch: IngestBatch, store_uri: str) -> IngestReport:
@@ -96,7 +138,8 @@ def build_trajectories(
     for bucket in range(plan.buckets):
         steps = build_bucket(store, plan, bucket)
         report = validate_trajectories(steps, config, plan.catalogue.height, reports_dir(store, dataset.name))
-        _raise_on_failure(report)
+        if not report.success:
+            fail_validation(report, [f"{store.url(plan.folder)}/steps/part-{bucket:05d}.parquet (not saved)"])
         save_bucket(store, plan, bucket, steps)
         parts.append(steps.select(USER_ID, "done"))
         checks.append(report)
@@ -137,7 +180,7 @@ def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestStep
     started = time.perf_counter()
     dataset = with_run_settings(dataset, config.ingest)
     store = Store(config.store)
-    with store.writer_lock(dataset.name):
+    with store.writer_lock(dataset.name, config.ingest.lock_timeout_seconds):
         plan = steps.plan_logs(dataset, store.uri, config.ingest)
         batch_reports, interaction_checks = [], []
         for files in plan.batches:
@@ -167,8 +210,3 @@ def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestStep
         },
         "seconds": round(time.perf_counter() - started, 3),
     }
-
-
-def _raise_on_failure(report: ValidationReport) -> None:
-    if not report.success:
-        raise ValidationFailed(report.summary())

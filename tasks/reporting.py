@@ -87,8 +87,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"- Training skipped: {summary['skipped']}")
         return "\n".join(lines) + "\n"
     training = summary["training"]
+    reused = f"reused `{training['checkpoint']}` (same inputs, not registered yet): " if training.get("reused") else ""
     lines.append(
-        f"- Training: {training['steps']} steps, loss {training['train_loss_first']:.3f} -> "
+        f"- Training: {reused}{training['steps']} steps, loss {training['train_loss_first']:.3f} -> "
         f"{training['train_loss_last']:.3f}, {training['seconds']:.0f} s"
     )
     registration = summary["registration"]

@@ -4,6 +4,8 @@ The alias ``champion`` moves to a new version only when its R_cumu is above the 
 baseline (random, popularity) and above the current champion's, on the same environment, mode, protocol, episodes
 and seeds (the gate key); otherwise the version is tagged ``challenger``.
 Every alias move is recorded on the registered model (tag ``champion_history``) so that ``rollback`` can undo it.
+A request that gets no answer is retried with exponential back-off (``tracking.retries``, ``backoff_seconds``,
+``timeout_seconds``); a call that still fails while the server does not answer is one line naming the server.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,7 +49,7 @@ SIGNATURE = ModelSignature(
 
 
 class TrackingUnavailable(InputError):
-    """The tracking server cannot be reached: nothing was trained or registered."""
+    """The tracking server cannot be reached: nothing was registered."""
 
 
 def tracking_uri(config: TrackingConfig) -> str:
@@ -56,6 +59,15 @@ def tracking_uri(config: TrackingConfig) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str(Path(uri.removeprefix(prefix)).resolve())
     return uri
+
+
+def _request_settings(config: TrackingConfig) -> dict[str, str]:
+    """MLflow's HTTP client settings (its environment variables) for ``config``'s retries, back-off and timeout."""
+    return {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(config.retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(config.backoff_seconds),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(config.timeout_seconds),
+    }
 
 
 @contextlib.contextmanager
@@ -73,21 +85,51 @@ def _no_retries() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _unanswered(client: MlflowClient) -> str | None:
+    """Why the server does not answer a cheap request at once (connection refused, DNS, HTTP error); None if it does."""
+    with _no_retries():
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as error:  # every failure means "not usable"
+            return _reason(error)
+    return None
+
+
+def _reason(error: Exception) -> str:
+    """The cause of a failed request in a few words: the socket error ("Connection refused") or a timeout when the
+    client's message holds one, else the message's first line."""
+    text = str(error).strip()
+    cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)|(Read timed out)", text)
+    if cause:
+        return (cause.group(1) or cause.group(2)).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
 def connect(config: TrackingConfig) -> MlflowClient:
-    """A client for the tracking and registry URI, checked to answer (TrackingUnavailable otherwise)."""
+    """A client for the tracking and registry URI, checked to answer (TrackingUnavailable otherwise); MLflow's later
+    requests in this process retry and time out as ``config`` says."""
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(uri, uri)
-    with _no_retries():
-        try:
-            client.search_experiments(max_results=1)
-        except Exception as error:  # connection refused, DNS, HTTP errors: all mean "not usable"
-            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-            raise TrackingUnavailable(
-                f"MLflow at {uri} cannot be reached ({reason}); start it or set MLFLOW_TRACKING_URI"
-            ) from None
+    reason = _unanswered(client)
+    if reason is not None:
+        raise TrackingUnavailable(f"MLflow at {uri} cannot be reached ({reason}); start it or set MLFLOW_TRACKING_URI")
+    os.environ.update(_request_settings(config))
     return client
+
+
+@contextlib.contextmanager
+def server_answering(client: MlflowClient, config: TrackingConfig, kept: str) -> Iterator[None]:
+    """Run tracking and registry calls; a failure while the server does not answer (after the client's retries)
+    becomes one TrackingUnavailable line naming the server and what was ``kept``. Other failures pass unchanged."""
+    try:
+        yield
+    except Exception:
+        reason = _unanswered(client)
+        if reason is None:
+            raise
+        raise TrackingUnavailable(f"MLflow at {tracking_uri(config)} stopped answering ({reason}); {kept}") from None
 
 
 def experiment_id(client: MlflowClient, dataset: str, config: TrackingConfig) -> str:

@@ -1,7 +1,13 @@
-"""Training and evaluation steps of the ``train-mdt4rec`` flow, as plain functions (the flow wraps them as tasks)."""
+"""Training and evaluation steps of the ``train-mdt4rec`` flow, as plain functions (the flow wraps them as tasks).
+
+A finished training is remembered by its inputs (dataset, store, trajectory set, resolved preset, processes) in
+``<runs>/by-inputs/<key>.json``, so that a later run with the same inputs can take its checkpoint instead of
+training again.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -47,6 +53,53 @@ def train_model(plan: RunPlan, out: Path) -> dict[str, Any]:
     if result.returncode != 0:
         raise RuntimeError(f"torchrun training failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def training_inputs(plan: RunPlan, trajectory_version: str) -> dict[str, Any]:
+    """Everything a training's result depends on: the data (store, dataset, trajectory set), the resolved preset
+    (network and training settings, seed included) and the number of training processes."""
+    pipeline = plan.pipeline
+    return {
+        "store": pipeline.store,
+        "dataset": pipeline.dataset,
+        "trajectory_version": trajectory_version,
+        "preset": load_preset(plan.preset, plan.preset_overrides).model_dump(mode="json"),
+        "train_processes": plan.scale.train_processes,
+    }
+
+
+def training_key(inputs: dict[str, Any]) -> str:
+    """A short stable hash of ``inputs``: equal inputs, equal key; any change, another key."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _entry(runs: Path, inputs: dict[str, Any]) -> Path:
+    """Where the finished training with ``inputs`` is recorded."""
+    return runs / "by-inputs" / f"{training_key(inputs)}.json"
+
+
+def reusable_training(
+    runs: Path, plan: RunPlan, trajectory_version: str, registered: set[str]
+) -> dict[str, Any] | None:
+    """The summary of the last finished training with these inputs when its checkpoint is still on disk and is not
+    among the ``registered`` checkpoints (its registration failed); else None."""
+    entry = _entry(runs, training_inputs(plan, trajectory_version))
+    try:
+        trained = json.loads(entry.read_text())["trained"]
+    except (OSError, ValueError, KeyError):  # none yet, or unreadable: train anew (and replace it)
+        return None
+    checkpoint = trained["checkpoint"]
+    return trained if Path(checkpoint).is_dir() and checkpoint not in registered else None
+
+
+def remember_training(runs: Path, plan: RunPlan, trained: dict[str, Any]) -> None:
+    """Record the finished training ``trained`` (its summary) under the key of its inputs, replacing any earlier one."""
+    inputs = training_inputs(plan, trained["trajectory_version"])
+    entry = _entry(runs, inputs)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    partial = entry.with_name(f".{entry.name}.tmp")
+    partial.write_text(json.dumps({"inputs": inputs, "trained": trained}))
+    partial.replace(entry)
 
 
 def evaluate_checkpoint(

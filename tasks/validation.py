@@ -29,7 +29,7 @@ logging.getLogger("great_expectations.data_context.types.base").setLevel(logging
 
 from mdt4rec_core.config import PipelineConfig, TrajectoryConfig  # noqa: E402
 from mdt4rec_core.data.checks import interaction_view, trajectory_view  # noqa: E402
-from mdt4rec_core.data.schema import EARLIEST_TIME, FUTURE_TOLERANCE, USER_ID  # noqa: E402
+from mdt4rec_core.data.schema import EARLIEST_TIME, FUTURE_TOLERANCE, SOURCE_FILE, USER_ID  # noqa: E402
 from mdt4rec_core.data.store import DAMAGED, Store  # noqa: E402
 from mdt4rec_core.data.trajectories import stored_stats, trajectory_dir  # noqa: E402
 from mdt4rec_core.errors import InputError, StoreError, describe_os_error  # noqa: E402
@@ -66,14 +66,18 @@ class ValidationReport:
         failed = [o for o in self.outcomes if not o.success]
         met = len(self.outcomes) - len(failed)
         head = f"suite {self.suite!r}: {met}/{len(self.outcomes)} expectations met on {self.rows:,} rows"
-        lines = [head] + [
-            f"  FAILED {o.expectation}({o.columns}): {o.unexpected_count:,} unexpected"
-            f" ({100 * o.unexpected_count / max(self.rows, 1):.3g}%), e.g. {o.examples[:5]}"
-            for o in failed
-        ]
+        lines = [head] + [f"  FAILED {o.expectation}({o.columns}): {self._finding(o)}" for o in failed]
         if self.data_docs:
             lines.append(f"  Data Docs: {self.data_docs}")
         return "\n".join(lines)
+
+    def _finding(self, outcome: ExpectationOutcome) -> str:
+        """What a failed expectation found: its unexpected rows, or (for one on the whole column, such as its
+        maximum, which counts no rows) what it observed."""
+        if not outcome.unexpected_count and outcome.examples:
+            return "; ".join(str(e) for e in outcome.examples[:5])
+        share = 100 * outcome.unexpected_count / max(self.rows, 1)
+        return f"{outcome.unexpected_count:,} unexpected ({share:.3g}%), e.g. {outcome.examples[:5]}"
 
     def as_dict(self) -> dict:
         return {
@@ -138,12 +142,42 @@ def validate_trajectories(
     return run_suite("trajectories", trajectory_view(steps), trajectory_expectations(config, items), reports_dir)
 
 
+def files_failing_interactions(accepted: pl.DataFrame, now: dt.datetime) -> list[str]:
+    """The source files (column ``source_file``) of ``accepted`` whose rows fail the interaction suite, each file's
+    rows validated on their own; every file when none fails alone (only their rows together fail)."""
+    files = accepted.partition_by(SOURCE_FILE, as_dict=True, maintain_order=True)
+    failing = [
+        str(file)
+        for (file,), rows in files.items()
+        if not check_suite("interactions", interaction_view(rows), interaction_expectations(now)).success
+    ]
+    return failing or [str(file) for (file,) in files]
+
+
+def failure_message(report: ValidationReport, sources: list[str]) -> str:
+    """The report's summary after the sources whose rows failed. The first line (a ValidationFailed's error line)
+    names up to three of them; when there are more, a last line lists them all."""
+    shown = ", ".join(sources[:3])
+    if len(sources) <= 3:
+        return f"{shown}: {report.summary()}"
+    head = f"{shown} (and {len(sources) - 3} more, listed below): {report.summary()}"
+    return "\n".join([head, f"  rows failed in: {', '.join(sources)}"])
+
+
 def run_suite(name: str, view: pl.DataFrame, expectations: list, reports_dir: Path) -> ValidationReport:
-    """Validate ``view`` chunk by chunk (whole users per chunk) and build Data Docs for the last chunk's result."""
+    """Validate ``view`` (see ``check_suite``) and build Data Docs for the last chunk's result."""
+    report = check_suite(name, view, expectations)
+    if report.rows:
+        report.data_docs = _build_docs(_context(), reports_dir)
+    return report
+
+
+def check_suite(name: str, view: pl.DataFrame, expectations: list) -> ValidationReport:
+    """Validate ``view`` chunk by chunk (whole users per chunk)."""
     report = ValidationReport(suite=name, rows=view.height)
     if view.height == 0:
         return report
-    context, definition = _definition(name, expectations)
+    _, definition = _definition(name, expectations)
     chunks = max(1, math.ceil(view.height / MAX_ROWS_PER_CHUNK))
     merged: dict[tuple[str, str], ExpectationOutcome] = {}
     for chunk in _user_chunks(view, chunks):
@@ -163,7 +197,6 @@ def run_suite(name: str, view: pl.DataFrame, expectations: list, reports_dir: Pa
                 )
             )
     report.outcomes = sorted(merged.values(), key=lambda o: (o.success, o.expectation, o.columns))
-    report.data_docs = _build_docs(context, reports_dir)
     return report
 
 

@@ -4,6 +4,7 @@
 The tests run in file order on one store and one registry, as the nightly deployment would live through them.
 """
 
+import datetime as dt
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -70,6 +71,8 @@ class Stack:
     tracking_uri: str
     logs: Path
     deploy: subprocess.Popen
+    tracking_command: list[str] = field(default_factory=list)
+    servers: list[subprocess.Popen] = field(default_factory=list)  # stopped in reverse order when the module ends
 
     def run(self, *command: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -97,6 +100,18 @@ class Stack:
 
     def deployment(self) -> dict:
         return httpx.get(f"{self.prefect_api}/deployments/name/{DEPLOYMENT}", timeout=10).json()
+
+    def stop_tracking_server(self) -> int:
+        """SIGTERM to the running MLflow server, by its PID."""
+        (server,) = [s for s in self.servers if s.args == self.tracking_command and s.poll() is None]
+        return _stop(server)
+
+    def start_tracking_server(self) -> None:
+        """The MLflow server again, on the same port, database and artifacts."""
+        log = self.logs / f"mlflow-{len(self.servers)}.log"
+        server = _start(self.tracking_command, self.env, self.work, log)
+        self.servers.append(server)
+        _wait_for(f"{self.tracking_uri}/health", server, log)
 
     def latest_summary(self) -> str:
         body = {"artifacts": {"key": {"any_": ["train-mdt4rec-ml-100k"]}}, "sort": "CREATED_DESC", "limit": 1}
@@ -128,23 +143,19 @@ def stack(tmp_path_factory):
             logs / "prefect.log",
         )
         servers.append(prefect)
-        mlflow = _start(
-            [
-                str(BIN / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(root / "mlartifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(mlflow_port),
-            ],
-            env,
-            work,
-            logs / "mlflow.log",
-        )
+        tracking_command = [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+        ]
+        mlflow = _start(tracking_command, env, work, logs / "mlflow.log")
         servers.append(mlflow)
         _wait_for(f"http://127.0.0.1:{prefect_port}/api/health", prefect, logs / "prefect.log")
         _wait_for(f"http://127.0.0.1:{mlflow_port}/health", mlflow, logs / "mlflow.log")
@@ -156,7 +167,9 @@ def stack(tmp_path_factory):
         )
         servers.append(deploy)
         _wait_for(f"{env['PREFECT_API_URL']}/deployments/name/{DEPLOYMENT}", deploy, logs / "deploy.log")
-        yield Stack(env, work, env["PREFECT_API_URL"], env["MLFLOW_TRACKING_URI"], logs, deploy)
+        yield Stack(
+            env, work, env["PREFECT_API_URL"], env["MLFLOW_TRACKING_URI"], logs, deploy, tracking_command, servers
+        )
     finally:
         for process in reversed(servers):
             _stop(process)
@@ -263,6 +276,48 @@ def test_unknown_parameters_are_rejected_before_any_work(stack):
     assert httpx.post(f"{stack.prefect_api}/flow_runs/count", json={}, timeout=10).json() == count_before
 
 
+def _newest_started_flow_run(stack: Stack) -> str:
+    """The id of the train-mdt4rec run that started last (scheduled runs that never started have no start time)."""
+    body = {
+        "flows": {"name": {"any_": ["train-mdt4rec"]}},
+        "flow_runs": {"start_time": {"is_null_": False}},
+        "sort": "START_TIME_DESC",
+        "limit": 1,
+    }
+    return httpx.post(f"{stack.prefect_api}/flow_runs/filter", json=body, timeout=10).json()[0]["id"]
+
+
+def _flow_run_logs(stack: Stack, flow_run_id: str, awaited: str, timeout: float = 60) -> list[dict]:
+    """The flow run's log records (with its task runs'), oldest first, once one holds ``awaited`` (the server
+    stores records a little after the run sent them)."""
+    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = httpx.post(f"{stack.prefect_api}/logs/filter", json=body, timeout=10).json()
+        if any(awaited in log["message"] for log in logs) or time.monotonic() > deadline:
+            return logs
+        time.sleep(1)
+
+
+def test_a_held_lock_is_in_the_run_log_at_once_and_fails_the_run_after_its_timeout(stack):
+    from tests.test_lock_and_failures import hold_writer_lock
+
+    holder = hold_writer_lock(stack.work / "store", "ml-100k")
+    try:
+        result = stack.run_deployment("profile=smoke", 'overrides=["pipeline.ingest.lock_timeout_seconds=5"]')
+    finally:
+        _stop(holder)
+    assert result.returncode != 0 and "Failed" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    logs = _flow_run_logs(stack, _newest_started_flow_run(stack), "still held by pid")
+    waiting = [i for i, log in enumerate(logs) if "waiting for the lock on ml-100k held by pid" in log["message"]]
+    assert waiting, [log["message"][:200] for log in logs]
+    first = logs[waiting[0]]
+    assert f"held by pid {holder.pid} since " in first["message"] and "waited 0 s" in first["message"]
+    started = dt.datetime.fromisoformat(logs[waiting[0] - 1]["timestamp"])  # the record before: the task before
+    assert (dt.datetime.fromisoformat(first["timestamp"]) - started).total_seconds() < 5
+    assert any(f"the lock on ml-100k is still held by pid {holder.pid}" in log["message"] for log in logs)
+
+
 def test_stopping_the_serving_process_leaves_the_deployment_unpaused(stack):
     _stop(stack.deploy)
     deployment = stack.deployment()
@@ -270,14 +325,26 @@ def test_stopping_the_serving_process_leaves_the_deployment_unpaused(stack):
 
 
 def test_a_failing_validation_fails_the_flow_with_its_report_and_registers_nothing(stack):
-    bad = _landed_log(stack, "2026-12-01.inter", rows=20, shift_seconds=40 * 365 * 86400)  # events decades ahead
+    from tests.test_lock_and_failures import READER_CLOCK_AHEAD
+
+    # Events decades ahead, read by a process that takes them for current ones: the interaction suite fails on them.
+    bad = _landed_log(stack, "2026-12-01.inter", rows=20, shift_seconds=40 * 365 * 86400)
+    named = str(bad.relative_to(stack.work))  # as the flow finds it in the landing folder
+    versions = [int(v.version) for v in stack.versions()]
+    command = [str(BIN / "mdt4rec"), "pipeline", "--profile", "smoke", "-d", "ml-100k"]
     try:
-        result = stack.run(str(BIN / "mdt4rec"), "pipeline", "--profile", "smoke", "-d", "ml-100k")
+        result = stack.run(*command, env={"PYTHONPATH": str(READER_CLOCK_AHEAD)})
     finally:
         bad.unlink()
     assert result.returncode == 2, result.stderr[-3000:]
+    assert f"error: {named}: suite 'interactions': " in result.stderr
     assert "expect_column_max_to_be_between" in result.stderr and "Data Docs:" in result.stderr
-    assert [int(v.version) for v in stack.versions()] == [1, 2, 3]
+    flow_run_id = _newest_started_flow_run(stack)
+    assert any(named in log["message"] for log in _flow_run_logs(stack, flow_run_id, named))
+    body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+    artifacts = httpx.post(f"{stack.prefect_api}/artifacts/filter", json=body, timeout=10).json()
+    assert any(named in artifact["data"] for artifact in artifacts)
+    assert [int(v.version) for v in stack.versions()] == versions
 
 
 def test_an_unreachable_tracking_server_is_a_clear_error_and_registers_nothing(stack):
@@ -388,3 +455,60 @@ def test_the_train_task_runs_under_torchrun_with_two_processes(stack, tmp_path):
     summary = train_model(plan, tmp_path / "ddp")
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").is_file()
+
+
+def _train_task_runs(stack: Stack, flow_run_id: str | None = None) -> list[dict]:
+    """Task runs of the ``train`` task (all of them, or of one flow run)."""
+    body = {"task_runs": {"name": {"like_": "train-"}}}
+    if flow_run_id:
+        body["flow_runs"] = {"id": {"any_": [flow_run_id]}}
+    runs = httpx.post(f"{stack.prefect_api}/task_runs/filter", json=body, timeout=10).json()
+    return [run for run in runs if run["name"].rsplit("-", 1)[0] == "train"]
+
+
+def _latest_flow_run(stack: Stack) -> dict:
+    """The train-mdt4rec run that started last (scheduled runs that never started have no start time)."""
+    body = {
+        "flows": {"name": {"any_": ["train-mdt4rec"]}},
+        "flow_runs": {"start_time": {"is_null_": False}},
+        "sort": "START_TIME_DESC",
+        "limit": 1,
+    }
+    return httpx.post(f"{stack.prefect_api}/flow_runs/filter", json=body, timeout=10).json()[0]
+
+
+def test_a_run_whose_tracking_server_went_away_is_registered_by_the_next_without_training_again(stack):
+    _landed_log(stack, "2026-12-02.inter", rows=300, shift_seconds=20_000_000)
+    versions, trainings = len(stack.versions()), len(_train_task_runs(stack))
+    fast = ["evaluation.episodes=5", "evaluation.seeds=1", "pipeline.tracking.retries=1"]
+    command = [str(BIN / "mdt4rec"), "pipeline", "--profile", "smoke", "-d", "ml-100k", "--json"]
+    command += [part for assignment in fast for part in ("--set", assignment)]
+    log = stack.logs / "pipeline-tracking-gone.log"
+    first = _start(command, stack.env, stack.work, log)
+    try:
+        deadline = time.monotonic() + 600
+        while len(_train_task_runs(stack)) == trainings:  # the server is not called again until registration
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        stack.stop_tracking_server()
+        try:
+            first.wait(timeout=600)
+        finally:
+            stack.start_tracking_server()
+    finally:
+        _stop(first)
+    errors = [line for line in log.read_text().splitlines() if line.startswith("error: ")]
+    assert first.returncode == 2 and len(errors) == 1, log.read_text()[-3000:]
+    assert errors[0].startswith(f"error: MLflow at {stack.tracking_uri} stopped answering (Connection refused); ")
+    assert errors[0].endswith("registers it without training again")
+    assert len(stack.versions()) == versions
+
+    second = stack.run(*command)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    assert summary["training"]["reused"] and f"the checkpoint {summary['training']['checkpoint']} is kept" in errors[0]
+    second = _latest_flow_run(stack)
+    assert second["state_type"] == "COMPLETED" and _train_task_runs(stack, second["id"]) == []
+    newest = stack.versions()[-1]
+    assert len(stack.versions()) == versions + 1 and newest.tags["checkpoint"] == summary["training"]["checkpoint"]
+    assert "Training: reused `" in stack.latest_summary()

@@ -9,7 +9,7 @@ Layout under the store root (a local path or any URI pyarrow understands, such a
     trajectories/dataset=<name>/version=<hash>/                                  versioned trajectory sets
     environments/dataset=<name>/protocol=<p>/version=<hash>/                     built simulators
     damaged/<YYYYMMDDTHHMMSS>-<id>/<path>                                        what a repair moved aside
-    .locks/<name>.lock                                                           the dataset's writer lock
+    .locks/<name>.lock                                                           the writer lock, naming its holder
 
 Every file is written under a temporary name and renamed into place. A source file's parts are named after its
 content hash and its manifest entry is written last, so a run killed half-way leaves parts without an entry; the next
@@ -28,9 +28,12 @@ import datetime as dt
 import fcntl
 import io
 import json
+import logging
 import os
 import posixpath
 import re
+import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -42,8 +45,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mdt4rec_core.config import check_dataset_name
+from mdt4rec_core.config import LOCK_TIMEOUT_SECONDS, check_dataset_name
 from mdt4rec_core.errors import InputError, StoreError, describe_os_error
+
+log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
 DAMAGED = "damaged"
@@ -51,6 +56,14 @@ AREAS = ("interactions", "quarantine", "manifest", "items", "users", "trajectori
 MANIFEST_ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.json")
 READ_ERRORS = (OSError, ValueError, EOFError, TypeError, KeyError, pl.exceptions.PolarsError, pa.ArrowException)
 """What reading and decoding a damaged file raises (pyarrow reports a damaged footer as an OSError without errno)."""
+LOCK_POLL_SECONDS = 0.2
+"""How often a writer tries again to take a writer lock held by another process."""
+LOCK_REPORT_SECONDS = 30.0
+"""How often a writer waiting for a writer lock says so again."""
+
+
+class LockTimeout(InputError):
+    """A dataset's writer lock stayed held by another process for longer than the writer was willing to wait."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,19 @@ class ManifestEntry:
     rows_accepted: int
     rows_quarantined: int
     file_error: str | None = None
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The process holding a writer lock, as it recorded itself in the lock file."""
+
+    pid: int
+    host: str
+    since: str  # when it took the lock: YYYY-MM-DD HH:MM:SS UTC
+
+    def describe(self) -> str:
+        where = "" if self.host == socket.gethostname() else f" on {self.host}"
+        return f"pid {self.pid}{where} since {self.since}"
 
 
 @dataclass(frozen=True)
@@ -237,16 +263,25 @@ class Store:
 
     # -- writer lock -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def writer_lock(self, dataset: str) -> Iterator[None]:
+    def writer_lock(self, dataset: str, timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
         """Hold the dataset's writer lock (one writer at a time on a local store), after clearing what killed
-        writers left behind: temporary files, and parts of source files that never made it into the manifest."""
-        with self._exclusive(dataset):
+        writers left behind: temporary files, and parts of source files that never made it into the manifest.
+        While another process holds the lock, wait for it as ``_exclusive`` says."""
+        with self._exclusive(dataset, timeout_seconds):
             self._clear_leftovers(dataset)
             yield
 
     @contextlib.contextmanager
-    def _exclusive(self, dataset: str) -> Iterator[None]:
-        """Hold the lock file ``.locks/<dataset>.lock`` of a local store (a remote store is not locked)."""
+    def _exclusive(self, dataset: str, timeout_seconds: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+        """Hold the lock file ``.locks/<dataset>.lock`` of a local store (a remote store is not locked).
+
+        While another process holds it, log a warning at once and every LOCK_REPORT_SECONDS ("waiting for the lock
+        on <dataset> held by pid N since T"), and raise LockTimeout after ``timeout_seconds``. The holder records
+        its pid, host and start time in the file while it holds the lock and empties it on release. A holder that
+        dies loses the lock with its process (the kernel releases it), so the next writer takes it over at once;
+        the record a killed holder leaves behind is overwritten by the next holder, and is never reported as the
+        holder meanwhile (a recorded process of this host that no longer runs counts as no record).
+        """
         check_dataset_name(dataset)
         if not self.is_local:
             yield
@@ -255,12 +290,43 @@ class Store:
         with self._changing(relative):
             Path(self.path(".locks")).mkdir(parents=True, exist_ok=True)
             handle = Path(self.path(relative)).open("a")  # append mode: opening never truncates a file
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+        with handle:
+            self._wait_for_lock(handle, dataset, relative, timeout_seconds)
+            try:
+                _record_holder(handle)
+                yield
+            finally:
+                _record_holder(handle, holding=False)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _wait_for_lock(self, handle: io.TextIOBase, dataset: str, relative: str, timeout_seconds: float) -> None:
+        """Take the lock on ``handle``, trying every LOCK_POLL_SECONDS while another process holds it (see
+        ``_exclusive``)."""
+        started, reported = time.monotonic(), None
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                waited = time.monotonic() - started
+            found = lock_holder(self.path(relative))
+            holder = found.describe() if found else "another process (that has not recorded itself yet)"
+            if waited >= timeout_seconds:
+                raise LockTimeout(
+                    f"{self.url(relative)}: the lock on {dataset} is still held by {holder} after waiting "
+                    f"{timeout_seconds:g} s: let that process finish (or stop it), then run again"
+                )
+            if reported is None or waited - reported >= LOCK_REPORT_SECONDS:
+                log.warning(
+                    "waiting for the lock on %s held by %s (%s; waited %.0f s, giving up after %g s)",
+                    dataset,
+                    holder,
+                    self.url(relative),
+                    waited,
+                    timeout_seconds,
+                )
+                reported = waited
+            time.sleep(min(LOCK_POLL_SECONDS, timeout_seconds - waited))
 
     def _clear_leftovers(self, dataset: str) -> None:
         for area in AREAS:
@@ -422,3 +488,37 @@ def _is_manifest_entry(folder: str, relative: str) -> bool:
         posixpath.dirname(relative) == folder
         and MANIFEST_ENTRY_NAME.fullmatch(posixpath.basename(relative)) is not None
     )
+
+
+def lock_holder(path: str) -> LockHolder | None:
+    """The holder recorded in the lock file at ``path``; None when there is no readable record, or when it names a
+    process of this host that no longer runs (the record a killed holder left behind)."""
+    try:
+        fields = json.loads(Path(path).read_text())
+        holder = LockHolder(int(fields["pid"]), str(fields["host"]), str(fields["since"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if holder.pid <= 0 or (holder.host == socket.gethostname() and not _process_runs(holder.pid)):
+        return None
+    return holder
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        pass
+    return True
+
+
+def _record_holder(handle: io.TextIOBase, holding: bool = True) -> None:
+    """Write this process (pid, host, UTC start time) into the lock file ``handle``, or empty it when it is no
+    longer ``holding`` the lock. The record only serves messages, so a failed write is ignored."""
+    with contextlib.suppress(OSError):
+        handle.truncate(0)
+        if holding:
+            since = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}))
+        handle.flush()
