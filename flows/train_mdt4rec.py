@@ -26,6 +26,7 @@ from mdt4rec_core.config import resolve_dataset
 from mdt4rec_core.envs.api import build_env, evaluate_policy
 from mdt4rec_core.profiles import EvaluationPlan, Profile, RunPlan, ScaleConfig, load_run_plan
 from tasks import reporting, tracking, training
+from tasks.deployment import exit_with_parent
 from tasks.ingest import TASK_STEPS, run_ingest
 
 RUNS_DIR = Path("runs")
@@ -63,6 +64,7 @@ def train_mdt4rec(
     profile: Profile = "cpu", dataset: str = "ml-1m", overrides: list[str] | None = None, force: bool = False
 ) -> dict[str, Any]:
     """Ingest, validate, train, evaluate and register MDT4Rec on ``dataset`` with the ``profile`` run plan."""
+    exit_with_parent()
     request = TrainRequest(profile=profile, dataset=dataset, overrides=overrides, force=force)
     plan = load_run_plan(request.profile, request.dataset, request.overrides or [])
     client = connect_tracking(plan.pipeline.tracking)

@@ -187,8 +187,9 @@ def deploy(
     cron: str | None = typer.Option(None, "--cron", help="Schedule (default: deployment.cron in conf/pipeline.yaml)."),
     timezone: str | None = typer.Option(None, "--timezone", help="Timezone of the schedule (default: UTC)."),
 ) -> None:
-    """Serve the train-mdt4rec/nightly deployment from this process (needs PREFECT_API_URL). Stopping it leaves the
-    schedule active; runs wait for the next serving process or a worker."""
+    """Serve the train-mdt4rec/nightly deployment from this process (needs PREFECT_API_URL). Stopping it (SIGTERM)
+    stops its runs and leaves the schedule active; runs wait for the next serving process or a worker. Its runs send
+    heartbeats, and the automations that end runs whose process died are created or updated on the server."""
 
     def command() -> dict[str, Any]:
         from prefect.schedules import Cron
@@ -197,11 +198,14 @@ def deploy(
         from mdt4rec_core.config import load_pipeline_config
         from mdt4rec_core.errors import InputError
         from mdt4rec_core.profiles import load_run_plan
+        from tasks.deployment import install_automations, process_loss_automations, send_heartbeats
 
         if not os.environ.get("PREFECT_API_URL"):
             raise InputError("PREFECT_API_URL is not set: start `prefect server start` and point at its /api")
         load_run_plan(profile, dataset)
         settings = load_pipeline_config().deployment
+        send_heartbeats(settings)
+        install_automations(process_loss_automations(train_mdt4rec.name, settings))
         train_mdt4rec.serve(
             name=settings.name,
             schedules=[Cron(cron or settings.cron, timezone=timezone or settings.timezone)],

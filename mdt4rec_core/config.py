@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mdt4rec_core.errors import ConfigError
 
@@ -195,6 +195,16 @@ class DeploymentConfig(StrictModel):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
     work_pool: str = "mdt4rec-process"
+    heartbeat_seconds: int = Field(30, ge=30, description="a served flow run sends a heartbeat this often")
+    crash_after_seconds: int = Field(
+        90, description="a served run with no heartbeat for this long is set Crashed, its concurrency slot released"
+    )
+
+    @model_validator(mode="after")
+    def _crash_after_outlasts_heartbeats(self) -> DeploymentConfig:
+        if self.crash_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError("deployment.crash_after_seconds must be at least twice deployment.heartbeat_seconds")
+        return self
 
 
 class PipelineConfig(StrictModel):

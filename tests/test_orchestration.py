@@ -512,3 +512,69 @@ def test_a_run_whose_tracking_server_went_away_is_registered_by_the_next_without
     newest = stack.versions()[-1]
     assert len(stack.versions()) == versions + 1 and newest.tags["checkpoint"] == summary["training"]["checkpoint"]
     assert "Training: reused `" in stack.latest_summary()
+
+
+def _serve(stack: Stack) -> subprocess.Popen:
+    """A new serving process for the nightly deployment (stopped with the module's servers), once it polls."""
+    log = stack.logs / f"deploy-{len(stack.servers)}.log"
+    command = [str(BIN / "mdt4rec"), "deploy", "--dataset", "ml-100k", "--profile", "smoke"]
+    serving = _start(command, stack.env, stack.work, log)
+    stack.servers.append(serving)
+    deadline = time.monotonic() + 120
+    while "being served" not in log.read_text():
+        assert serving.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    return serving
+
+
+def _create_run(stack: Stack, **parameters) -> str:
+    """The id of a new run of the deployment (its default parameters with ``parameters`` over them)."""
+    url = f"{stack.prefect_api}/deployments/{stack.deployment()['id']}/create_flow_run"
+    return httpx.post(url, json={"parameters": parameters}, timeout=10).json()["id"]
+
+
+def _await_state(stack: Stack, flow_run_id: str, state_type: str, timeout: float) -> float:
+    """Seconds until the flow run is in ``state_type``; fails after ``timeout`` s."""
+    started = time.monotonic()
+    while True:
+        run = httpx.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()
+        elapsed = time.monotonic() - started
+        if run["state_type"] == state_type:
+            return elapsed
+        assert elapsed < timeout, f"{run['state_type']} after {elapsed:.0f} s, not {state_type}: {run['state']}"
+        time.sleep(0.5)
+
+
+def test_a_killed_serving_process_and_run_turn_crashed_and_free_the_slot_for_the_next_run(stack):
+    import psutil
+
+    from mdt4rec_core.config import load_pipeline_config
+
+    settings = load_pipeline_config().deployment
+    serving = stack.deploy if stack.deploy.poll() is None else _serve(stack)
+    flow_run_id = _create_run(stack, force=True)
+    deadline = time.monotonic() + 300
+    while not _train_task_runs(stack, flow_run_id):
+        assert time.monotonic() < deadline, "the run did not reach its train task"
+        time.sleep(0.2)
+    children = psutil.Process(serving.pid).children(recursive=True)  # the flow run's process and its helpers
+    assert children
+    for pid in (serving.pid, *(child.pid for child in children)):
+        os.kill(pid, signal.SIGKILL)
+    serving.wait()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+
+    # The last heartbeat came at most heartbeat_seconds before the kill; the automation looks every few seconds.
+    bound = settings.crash_after_seconds + 30
+    crashed_after = _await_state(stack, flow_run_id, "CRASHED", timeout=bound)
+    print(f"Crashed {crashed_after:.0f} s after the kill (bound {bound} s)")
+    assert stack.deployment()["global_concurrency_limit"]["active_slots"] == 0
+
+    _serve(stack)
+    next_run = _create_run(stack)
+    assert _await_state(stack, next_run, "RUNNING", timeout=60) < 60  # the slot's lease would hold it for 300 s
+    httpx.post(
+        f"{stack.prefect_api}/flow_runs/{next_run}/set_state", json={"state": {"type": "CANCELLING"}}, timeout=10
+    )
+    _await_state(stack, next_run, "CANCELLED", timeout=60)
