@@ -92,7 +92,10 @@ def served(trained, tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     config = TrackingConfig(uri=f"sqlite:///{root / 'mlflow.db'}", artifacts=str(root / "mlartifacts"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        # connect() writes both URIs into os.environ: set here, they are put back when the context ends, so that
+        # no later module's servers inherit this registry.
+        patch.setenv("MLFLOW_TRACKING_URI", config.uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", config.uri)
         client = tracking.connect(config)
         run_id = client.create_run(tracking.experiment_id(client, DATASET, config)).info.run_id
         return mlflow.pyfunc.load_model(tracking.log_model(run_id, trained / "run" / "checkpoint"))

@@ -131,6 +131,7 @@ def stack(tmp_path_factory):
         "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        "MLFLOW_REGISTRY_URI": f"http://127.0.0.1:{mlflow_port}",
         "PYTHONUNBUFFERED": "1",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # as with the environment activated
     }
