@@ -277,15 +277,15 @@ def test_unknown_parameters_are_rejected_before_any_work(stack):
     assert httpx.post(f"{stack.prefect_api}/flow_runs/count", json={}, timeout=10).json() == count_before
 
 
-def _newest_started_flow_run(stack: Stack) -> str:
-    """The id of the train-mdt4rec run that started last (scheduled runs that never started have no start time)."""
+def _newest_started_flow_run(stack: Stack) -> dict:
+    """The train-mdt4rec run that started last (scheduled runs that never started have no start time)."""
     body = {
         "flows": {"name": {"any_": ["train-mdt4rec"]}},
         "flow_runs": {"start_time": {"is_null_": False}},
         "sort": "START_TIME_DESC",
         "limit": 1,
     }
-    return httpx.post(f"{stack.prefect_api}/flow_runs/filter", json=body, timeout=10).json()[0]["id"]
+    return httpx.post(f"{stack.prefect_api}/flow_runs/filter", json=body, timeout=10).json()[0]
 
 
 def _flow_run_logs(stack: Stack, flow_run_id: str, awaited: str, timeout: float = 60) -> list[dict]:
@@ -309,7 +309,7 @@ def test_a_held_lock_is_in_the_run_log_at_once_and_fails_the_run_after_its_timeo
     finally:
         _stop(holder)
     assert result.returncode != 0 and "Failed" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
-    logs = _flow_run_logs(stack, _newest_started_flow_run(stack), "still held by pid")
+    logs = _flow_run_logs(stack, _newest_started_flow_run(stack)["id"], "still held by pid")
     waiting = [i for i, log in enumerate(logs) if "waiting for the lock on ml-100k held by pid" in log["message"]]
     assert waiting, [log["message"][:200] for log in logs]
     first = logs[waiting[0]]
@@ -340,7 +340,7 @@ def test_a_failing_validation_fails_the_flow_with_its_report_and_registers_nothi
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"error: {named}: suite 'interactions': " in result.stderr
     assert "expect_column_max_to_be_between" in result.stderr and "Data Docs:" in result.stderr
-    flow_run_id = _newest_started_flow_run(stack)
+    flow_run_id = _newest_started_flow_run(stack)["id"]
     assert any(named in log["message"] for log in _flow_run_logs(stack, flow_run_id, named))
     body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
     artifacts = httpx.post(f"{stack.prefect_api}/artifacts/filter", json=body, timeout=10).json()
@@ -467,17 +467,6 @@ def _train_task_runs(stack: Stack, flow_run_id: str | None = None) -> list[dict]
     return [run for run in runs if run["name"].rsplit("-", 1)[0] == "train"]
 
 
-def _latest_flow_run(stack: Stack) -> dict:
-    """The train-mdt4rec run that started last (scheduled runs that never started have no start time)."""
-    body = {
-        "flows": {"name": {"any_": ["train-mdt4rec"]}},
-        "flow_runs": {"start_time": {"is_null_": False}},
-        "sort": "START_TIME_DESC",
-        "limit": 1,
-    }
-    return httpx.post(f"{stack.prefect_api}/flow_runs/filter", json=body, timeout=10).json()[0]
-
-
 def test_a_run_whose_tracking_server_went_away_is_registered_by_the_next_without_training_again(stack):
     _landed_log(stack, "2026-12-02.inter", rows=300, shift_seconds=20_000_000)
     versions, trainings = len(stack.versions()), len(_train_task_runs(stack))
@@ -508,7 +497,7 @@ def test_a_run_whose_tracking_server_went_away_is_registered_by_the_next_without
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(second.stdout.strip().splitlines()[-1])
     assert summary["training"]["reused"] and f"the checkpoint {summary['training']['checkpoint']} is kept" in errors[0]
-    second = _latest_flow_run(stack)
+    second = _newest_started_flow_run(stack)
     assert second["state_type"] == "COMPLETED" and _train_task_runs(stack, second["id"]) == []
     newest = stack.versions()[-1]
     assert len(stack.versions()) == versions + 1 and newest.tags["checkpoint"] == summary["training"]["checkpoint"]
