@@ -562,7 +562,7 @@ def test_a_killed_serving_process_and_run_turn_crashed_and_free_the_slot_for_the
     assert stack.deployment()["global_concurrency_limit"]["active_slots"] == 0
 
     _serve(stack)
-    next_run = _create_run(stack)
+    next_run = _create_run(stack, force=True)  # trains (the data may have been trained on), so it can be cancelled
     assert _await_state(stack, next_run, "RUNNING", timeout=60) < 60  # the slot's lease would hold it for 300 s
     httpx.post(
         f"{stack.prefect_api}/flow_runs/{next_run}/set_state", json={"state": {"type": "CANCELLING"}}, timeout=10
