@@ -518,9 +518,14 @@ def _serve(stack: Stack) -> subprocess.Popen:
 
 
 def _create_run(stack: Stack, **parameters) -> str:
-    """The id of a new run of the deployment (its default parameters with ``parameters`` over them)."""
-    url = f"{stack.prefect_api}/deployments/{stack.deployment()['id']}/create_flow_run"
-    return httpx.post(url, json={"parameters": parameters}, timeout=10).json()["id"]
+    """The id of a new run of the deployment (its default parameters with ``parameters`` over them), created the way
+    `prefect deployment run` creates it: through Prefect's client, which retries the answers a busy server gives."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(DEPLOYMENT)
+        return str(client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id)
 
 
 def _await_state(stack: Stack, flow_run_id: str, state_type: str, timeout: float) -> float:
