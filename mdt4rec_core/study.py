@@ -26,13 +26,14 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from mdt4rec_core.baselines.log_rule import LogRuleConfig, LogRulePolicy, shrunk_mean_feedback
 from mdt4rec_core.config import CONF_DIR, ConfigError, StrictModel, flatten_keys, load_config
 from mdt4rec_core.envs.build import Environment, Protocol
 from mdt4rec_core.envs.evaluation import EpisodeLog, mean_ci95, run_episodes, seed_ci95
 from mdt4rec_core.envs.policies import Policy, PopularityPolicy, RandomPolicy
 from mdt4rec_core.envs.simulator import Mode
 
-ArmKind = Literal["random", "popularity", "replay", "sasrec", "cql", "bcq", "model"]
+ArmKind = Literal["random", "popularity", "replay", "log-rule", "sasrec", "cql", "bcq", "model"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ ARMS: dict[str, Arm] = {
     "random": Arm("random", "uniform over the allowed items"),
     "popularity": Arm("popularity", "the most logged allowed item"),
     "replay": Arm("replay", "logged replay: a training user's logged items in time order"),
+    "log-rule": Arm(
+        "log-rule", "no learning: the best-rated logged item at least `log_rule.min_distance` from the items acted on"
+    ),
     "sasrec": Arm("sasrec", "SASRec: supervised next item, argmax"),
     "cql": Arm("cql", "d3rlpy DiscreteCQL on EasyRL4Rec's state"),
     "bcq": Arm("bcq", "d3rlpy DiscreteBCQ on EasyRL4Rec's state"),
@@ -91,6 +95,7 @@ class StudyConfig(StrictModel):
     search: dict[str, Any] = Field(default_factory=dict, description="search settings of the model arms")
     sasrec: dict[str, Any] = Field(default_factory=dict, description="SASRecConfig of the sasrec arm")
     offline_rl: dict[str, Any] = Field(default_factory=dict, description="OfflineRLConfig of the cql and bcq arms")
+    log_rule: LogRuleConfig = Field(default_factory=LogRuleConfig, description="the log-rule arm")
     arms: list[str] = Field(min_length=1)
 
 
@@ -160,6 +165,9 @@ def _train_policy(inputs: CellInputs, config: StudyConfig, name: str, seed: int,
         return LoggedReplayPolicy(trajectories.steps), {}
     held_out = _validation_steps(trajectories.steps, 0.05)
     training_steps, validation_steps = trajectories.steps.filter(~held_out), trajectories.steps.filter(held_out)
+    if arm.kind == "log-rule":
+        quality = shrunk_mean_feedback(training_steps, environment.info.items, config.log_rule.prior_weight)
+        return LogRulePolicy(trajectories.item_factors, quality, config.log_rule.min_distance), {}
     if arm.kind == "popularity":
         counts = np.bincount(trajectories.steps["action"].to_numpy(), minlength=environment.info.items)
         trained = np.bincount(training_steps["action"].to_numpy(), minlength=environment.info.items) + 1.0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from mdt4rec_core.config import (
     DatasetConfig,
@@ -83,7 +84,7 @@ def check_study_folder(root: Path, config: StudyConfig) -> None:
     settings = config.model_dump(mode="json", exclude={"arms", "protocols"})
     path = root / "settings.json"
     if path.is_file():
-        before = dict(flatten_keys(json.loads(path.read_text(encoding="utf-8"))))
+        before = dict(flatten_keys(_with_current_defaults(json.loads(path.read_text(encoding="utf-8")), config)))
         after = dict(flatten_keys(settings))
         changed = sorted(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
         if changed:
@@ -94,6 +95,16 @@ def check_study_folder(root: Path, config: StudyConfig) -> None:
         return
     root.mkdir(parents=True, exist_ok=True)
     _write_text(path, json.dumps(settings, indent=1))
+
+
+def _with_current_defaults(recorded: dict[str, Any], config: StudyConfig) -> dict[str, Any]:
+    """Recorded settings with the defaults of settings added since (no finished cell can depend on those); as they
+    were recorded if they no longer parse."""
+    try:
+        parsed = StudyConfig.model_validate({**recorded, "arms": config.arms, "protocols": config.protocols})
+    except ValidationError:
+        return recorded
+    return parsed.model_dump(mode="json", exclude={"arms", "protocols"})
 
 
 def run_study_cell(inputs: CellInputs, config: StudyConfig, cell: Cell) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import torch
 
+from mdt4rec_core.baselines.log_rule import LogRulePolicy, shrunk_mean_feedback
 from mdt4rec_core.baselines.offline_rl import (
     OfflineRLConfig,
     QPolicy,
@@ -178,6 +179,51 @@ def test_replay_skips_forbidden_items_to_the_next_allowed_one_of_its_sequence():
 
 def test_replay_runs_in_the_environments():
     assert_runs_in_environments(LoggedReplayPolicy(steps_frame(cycle_users(3, 20))))
+
+
+# The log rule
+
+LINE = np.arange(ITEMS, dtype=np.float32)[:, None]  # item vectors on a line: the distance of items i, j is |i - j|
+
+
+def _observation(initial: list[int], history: list[list[int]], allowed: np.ndarray | None = None) -> Observation:
+    history_array = np.array(history, dtype=np.int64)
+    return Observation(
+        users=np.arange(len(initial)),
+        initial_items=np.array(initial),
+        history=history_array,
+        history_rewards=np.zeros(history_array.shape),
+        steps=(history_array >= 0).sum(axis=1),
+        allowed=allowed,
+    )
+
+
+def test_the_log_rule_takes_the_best_item_far_enough_from_everything_acted_on():
+    quality = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    rng = np.random.default_rng(0)
+    observation = _observation([0, 5, 2], [[-1, -1], [2, -1], [0, 4]])
+    assert LogRulePolicy(LINE, quality, min_distance=0.0).act(observation, rng).tolist() == [0, 0, 0]
+    # Row 0 acted on item 0: items 0, 1 are too close. Row 1 on 5 and 2: 1..5 too close. Row 2 on 2, 0, 4: all.
+    assert LogRulePolicy(LINE, quality, min_distance=2.0).act(observation, rng).tolist() == [2, 0, 0]
+    allowed = np.ones((3, ITEMS), dtype=bool)
+    allowed[:, 0] = False
+    # Item 0 forbidden: rows 1 and 2 have no allowed item far enough and take the best allowed one.
+    far_enough = LogRulePolicy(LINE, quality, min_distance=2.0).act(replace(observation, allowed=allowed), rng)
+    assert far_enough.tolist() == [2, 1, 1]
+
+
+def test_shrunk_mean_feedback_pulls_rarely_logged_items_to_the_global_mean():
+    steps = steps_frame(cycle_users(4, 40))  # feedback = action + 1; items 4 and 5 never logged
+    quality = shrunk_mean_feedback(steps, ITEMS, prior_weight=5.0)
+    overall = steps["feedback"].mean()
+    assert quality[4] == quality[5] == pytest.approx(overall)
+    counts = np.bincount(steps["action"].to_numpy(), minlength=ITEMS)
+    for item in range(CYCLE):
+        assert quality[item] == pytest.approx((counts[item] * (item + 1) + 5.0 * overall) / (counts[item] + 5.0))
+
+
+def test_the_log_rule_runs_in_the_environments():
+    assert_runs_in_environments(LogRulePolicy(LINE, np.arange(ITEMS, dtype=float), min_distance=1.5))
 
 
 # SASRec

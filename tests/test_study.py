@@ -132,6 +132,15 @@ def test_a_study_folder_refuses_other_settings_or_other_data(smoke, tmp_path):
         study.run_study_cell(inputs, config, study.Cell("paper", "random", 0, folder))
 
 
+def test_a_study_folder_recorded_before_a_setting_existed_takes_its_default(tmp_path):
+    config = study.load_budget("smoke", SMALL)
+    recorded = config.model_dump(mode="json", exclude={"arms", "protocols", "log_rule"})
+    (tmp_path / "settings.json").write_text(json.dumps(recorded))
+    study.check_study_folder(tmp_path, config)  # no finished cell can depend on log_rule
+    with pytest.raises(InputError, match=r"other settings \(log_rule.min_distance differ\)"):
+        study.check_study_folder(tmp_path, study.load_budget("smoke", [*SMALL, "log_rule.min_distance=0.5"]))
+
+
 def test_mlflow_gets_a_parent_run_and_a_child_per_protocol_and_arm(smoke, monkeypatch):
     from mlflow import MlflowClient
 
