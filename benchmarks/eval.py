@@ -37,19 +37,18 @@ def main() -> None:
 
     import numpy as np
 
-    from mdt4rec_core.config import PipelineConfig, load_dataset_config, resolve_dataset
+    from mdt4rec_core.config import MODES, RunConfig, load_dataset_config, resolve_dataset
     from mdt4rec_core.data.store import Store
     from mdt4rec_core.envs import sardine
     from mdt4rec_core.envs.api import build_env, evaluate_policy
     from mdt4rec_core.envs.build import load_environment
     from mdt4rec_core.envs.ranking import leave_last_out, ranking_metrics
-    from mdt4rec_core.envs.simulator import MODES
     from tasks.ingest import run_ingest
 
     work = Path(tempfile.mkdtemp(prefix="mdt4rec-eval-"))
     try:
         store = str(work / "store")
-        run_ingest(PipelineConfig(dataset="ml-1m", store=store), resolve_dataset("ml-1m"))
+        run_ingest(RunConfig(dataset="ml-1m", store=store), resolve_dataset("ml-1m"))
         builds = {protocol: build_env(store, "ml-1m", protocol) for protocol in ("paper", "strict")}
         speed = {mode: evaluate_policy(store, "ml-1m", "random", mode, 1000, 1, "paper") for mode in MODES}
         rows = []
@@ -58,7 +57,7 @@ def main() -> None:
                 for mode in MODES:
                     rows.append(evaluate_policy(store, "ml-1m", policy, mode, args.episodes, args.seeds, protocol))
         sardine_log = run_ingest(
-            PipelineConfig(dataset=sardine.dataset_name(SARDINE_ENV), store=store),
+            RunConfig(dataset=sardine.dataset_name(SARDINE_ENV), store=store),
             resolve_dataset(
                 sardine.dataset_name(SARDINE_ENV), sardine.land_log(Store(store), SARDINE_ENV, 500, 0.5, 0), "parquet"
             ),

@@ -30,24 +30,22 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from mdt4rec_core.config import build_model
-    from mdt4rec_core.inference.search import EpisodeContext, SearchConfig, search, search_one_at_a_time
-    from mdt4rec_core.model.config import ModelConfig
+    from mdt4rec_core.config import DataShape, SearchConfig, load_run_config
+    from mdt4rec_core.inference.search import EpisodeContext, search, search_one_at_a_time
     from mdt4rec_core.model.network import MDT4Rec
-    from mdt4rec_core.train import load_preset
 
     torch.manual_seed(0)
-    preset = load_preset("cpu")
-    config = build_model(ModelConfig, {"items": args.items, **preset.model}, "cpu preset")
-    model = MDT4Rec(config).eval()
+    run = load_run_config(preset="cpu")
+    shape = DataShape(items=args.items, state_length=run.trajectories.state_length, max_timestep=30, max_return=30.0)
+    model = MDT4Rec(run.model, shape).eval()
     rng = np.random.default_rng(0)
-    n, t = config.state_length, args.steps
+    n, t = shape.state_length, args.steps
     contexts = [
         EpisodeContext(
             state_items=rng.integers(0, args.items, (t + 1, n)),
             state_feedback=rng.random((t + 1, n)).astype(np.float32),
             state_mask=np.ones((t + 1, n), dtype=bool),
-            returns_to_go=np.linspace(config.max_return, 1, t + 1).astype(np.float32),
+            returns_to_go=np.linspace(shape.max_return, 1, t + 1).astype(np.float32),
             actions=rng.integers(0, args.items, t),
         )
         for _ in range(args.users)
@@ -67,7 +65,7 @@ def main() -> None:
         timings[name] = time.perf_counter() - started
     candidates = len(decisions[0].lengths)
     print(
-        f"{args.users} users, {candidates} candidates each (K {config.context_steps}, delta 2), "
+        f"{args.users} users, {candidates} candidates each (K {run.model.context_steps}, delta 2), "
         f"{torch.get_num_threads()} threads"
     )
     for name, seconds in timings.items():

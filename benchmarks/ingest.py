@@ -36,10 +36,10 @@ def peak_rss_mb() -> float:
 
 # -- children -------------------------------------------------------------------------------------------------------
 def child_polars(store: str, dataset: str, source: str | None, format: str | None) -> dict:
-    from mdt4rec_core.config import PipelineConfig, resolve_dataset
+    from mdt4rec_core.config import RunConfig, resolve_dataset
     from tasks.ingest import run_ingest
 
-    config = PipelineConfig(dataset=dataset, store=store)
+    config = RunConfig(dataset=dataset, store=store)
     rss_start = peak_rss_mb()
     started = time.perf_counter()
     summary = run_ingest(config, resolve_dataset(dataset, source, format))

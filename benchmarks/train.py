@@ -22,33 +22,36 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
 
-    from mdt4rec_core.config import PipelineConfig, resolve_dataset
-    from mdt4rec_core.train import load_preset, train_on_store
+    from mdt4rec_core.config import RunConfig, load_run_config, resolve_dataset
+    from mdt4rec_core.train import train_on_store
     from tasks.ingest import run_ingest
 
     work = Path(tempfile.mkdtemp(prefix="mdt4rec-train-bench-"))
     results = {}
     try:
         store = str(work / "store")
-        run_ingest(PipelineConfig(dataset="ml-1m", store=store), resolve_dataset("ml-1m"))
+        run_ingest(RunConfig(dataset="ml-1m", store=store), resolve_dataset("ml-1m"))
         for name in ("tiny", "cpu"):
-            preset = load_preset(
-                name,
-                [
+            run = load_run_config(
+                dataset="ml-1m",
+                preset=name,
+                store=store,
+                overrides=[
                     f"train.max_steps={args.steps}",
                     f"train.validate_every={args.steps}",
                     "train.validation_batches=1",
                     f"train.checkpoint_every={args.steps}",
                 ],
             )
-            summary = train_on_store(store, "ml-1m", preset, work / name)
+            summary = train_on_store(run, work / name)
             summary.pop("history")
             results[name] = summary
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for name, r in results.items():
         print(
-            f"{name:<5} batch {load_preset(name).train.batch_size:>3}: {r['windows_per_second']:8.1f} windows/s "
+            f"{name:<5} batch {load_run_config(preset=name).train.batch_size:>3}: "
+            f"{r['windows_per_second']:8.1f} windows/s "
             f"{r['tokens_per_second']:10.0f} tokens/s  ({r['trainable_params']:,} of {r['total_params']:,} "
             f"parameters trainable; loss {r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f})"
         )

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from mdt4rec_core.config import ReaderFormat, load_pipeline_config, resolve_dataset
+from mdt4rec_core.config import ReaderFormat, load_run_config, resolve_dataset
 from tasks.ingest import TASK_STEPS, run_ingest
 
 
@@ -21,19 +21,19 @@ def ingest_logs(
 ) -> dict[str, Any]:
     """Ingest ``dataset`` (conf/datasets/<name>.yaml, or ``format`` files at ``source``) into ``store``.
 
-    ``overrides`` are ``key.path=value`` assignments on the pipeline configuration (conf/pipeline.yaml).
+    ``overrides`` are ``key.path=value`` assignments on the run configuration (e.g. trajectories.state_length=20).
     """
-    config = load_pipeline_config(list(overrides or []), dataset=dataset, store=store)
+    config = load_run_config(dataset=dataset, overrides=list(overrides or []), store=store)
     summary = run_ingest(config, resolve_dataset(dataset, source, format), TASK_STEPS)
     create_markdown_artifact(
-        markdown=summary_markdown(summary),
+        markdown=ingest_summary_markdown(summary),
         key=f"ingest-{_slug(dataset)}",
         description="Rows read, accepted and quarantined; trajectory set built",
     )
     return summary
 
 
-def summary_markdown(summary: dict[str, Any]) -> str:
+def ingest_summary_markdown(summary: dict[str, Any]) -> str:
     rows = [
         ("rows read", summary["rows_read"]),
         ("rows accepted", summary["rows_accepted"]),

@@ -23,9 +23,11 @@ StoreOption = typer.Option(
     None, "--store", help="Store root: a local folder or a pyarrow URI (default: conf/pipeline.yaml)."
 )
 SetOption = typer.Option(
-    None, "--set", help="Override a pipeline configuration key: --set trajectories.state_length=20"
+    None,
+    "--set",
+    help="Override a run configuration key (the same keys for every command): --set trajectories.state_length=20, "
+    "--set train.max_steps=50, --set model.backbone.lora_r=8, --set search.kappa=5, --set evaluation.episodes=20",
 )
-PresetSetOption = typer.Option(None, "--set", help="Override a preset key: --set train.batch_size=8")
 JsonOption = typer.Option(False, "--json", help="Print the figures as one JSON object on the last line.")
 
 
@@ -89,10 +91,10 @@ def ingest(
     """Ingest new raw logs into the store and build the trajectory set (the ingest-logs chain, without Prefect)."""
 
     def command() -> dict[str, Any]:
-        from mdt4rec_core.config import load_pipeline_config, resolve_dataset
+        from mdt4rec_core.config import load_run_config, resolve_dataset
         from tasks.ingest import run_ingest
 
-        config = load_pipeline_config(list(overrides or []), dataset=dataset, store=store)
+        config = load_run_config(dataset=dataset, overrides=list(overrides or []), store=store)
         return run_ingest(config, resolve_dataset(dataset, source, _format(format)))
 
     _run(command, as_json, _render_ingest)
@@ -115,10 +117,10 @@ def validate(
     Every stored file is read in full first: damaged files are listed, one line each, with exit status 2."""
 
     def command() -> dict[str, Any]:
-        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.config import load_run_config
         from tasks.validation import validate_stored
 
-        config = load_pipeline_config(list(overrides or []), dataset=dataset, store=store)
+        config = load_run_config(dataset=dataset, overrides=list(overrides or []), store=store)
         return validate_stored(config, repair)
 
     def render(result: dict[str, Any]) -> None:
@@ -144,16 +146,13 @@ def validate(
 
 
 ProfileOption = typer.Option("cpu", "--profile", help="conf/profiles/<profile>.yaml: smoke, cpu or paper.")
-ProfileSetOption = typer.Option(
-    None, "--set", help="Override a profile key: --set train.max_steps=50, --set evaluation.episodes=20"
-)
 
 
 @app.command()
 def pipeline(
     dataset: str = DatasetOption,
     profile: str = ProfileOption,
-    overrides: list[str] | None = ProfileSetOption,
+    overrides: list[str] | None = SetOption,
     force: bool = typer.Option(False, "--force", help="Train even when no new data arrived."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -162,9 +161,9 @@ def pipeline(
 
     def command() -> dict[str, Any]:
         from flows.train_mdt4rec import train_mdt4rec
-        from mdt4rec_core.profiles import load_run_plan
+        from mdt4rec_core.config import load_run_config
 
-        load_run_plan(profile, dataset, list(overrides or []))  # bad input fails here, before Prefect starts
+        load_run_config(profile, dataset, list(overrides or []))  # bad input fails here, before Prefect starts
         return train_mdt4rec(profile=profile, dataset=dataset, overrides=list(overrides or []), force=force)
 
     def render(r: dict[str, Any]) -> None:
@@ -195,15 +194,13 @@ def deploy(
         from prefect.schedules import Cron
 
         from flows.train_mdt4rec import train_mdt4rec
-        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.config import load_run_config
         from mdt4rec_core.errors import InputError
-        from mdt4rec_core.profiles import load_run_plan
         from tasks.deployment import install_automations, process_loss_automations, send_heartbeats
 
         if not os.environ.get("PREFECT_API_URL"):
             raise InputError("PREFECT_API_URL is not set: start `prefect server start` and point at its /api")
-        load_run_plan(profile, dataset)
-        settings = load_pipeline_config().deployment
+        settings = load_run_config(profile, dataset).deployment
         send_heartbeats(settings)
         install_automations(process_loss_automations(train_mdt4rec.name, settings))
         train_mdt4rec.serve(
@@ -241,9 +238,9 @@ def _tracking():
 
 def _alias_command(move, as_json: bool) -> None:
     def command() -> dict[str, Any]:
-        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.config import load_run_config
 
-        settings = load_pipeline_config().tracking
+        settings = load_run_config().tracking
         client = _tracking().connect(settings)
         return {"model": settings.model_name, **move(client, settings.model_name)}
 
@@ -263,10 +260,10 @@ def build_env(
     """Build the dataset's simulator (ground-truth rewards, quit rule), or reuse the one cached for its data."""
 
     def command() -> dict[str, Any]:
-        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.config import load_run_config
         from mdt4rec_core.envs.api import build_env
 
-        return build_env(load_pipeline_config(store=store).store, dataset, protocol)
+        return build_env(load_run_config(store=store).store, dataset, protocol)
 
     def render(info: dict[str, Any]) -> None:
         state = "built" if info["built"] else "cached, reused"
@@ -295,10 +292,10 @@ def evaluate(
     """Run a policy in a simulator and report R_cumu, Length and R_avg with 95% intervals."""
 
     def command() -> dict[str, Any]:
-        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.config import load_run_config
         from mdt4rec_core.envs.api import evaluate_policy
 
-        return evaluate_policy(load_pipeline_config(store=store).store, env, policy, mode, episodes, seeds, protocol)
+        return evaluate_policy(load_run_config(store=store).store, env, policy, mode, episodes, seeds, protocol)
 
     def render(r: dict[str, Any]) -> None:
         console.print(
@@ -322,12 +319,12 @@ def sardine_logs(
     """Log an epsilon-greedy oracle in a SARDINE environment and ingest the log into the store."""
 
     def command() -> dict[str, Any]:
-        from mdt4rec_core.config import load_pipeline_config, resolve_dataset
+        from mdt4rec_core.config import load_run_config, resolve_dataset
         from mdt4rec_core.data.store import Store
         from mdt4rec_core.envs import sardine
         from tasks.ingest import run_ingest
 
-        config = load_pipeline_config(dataset=sardine.dataset_name(env), store=store)
+        config = load_run_config(dataset=sardine.dataset_name(env), store=store)
         landing = sardine.land_log(Store(config.store), env, users, epsilon, seed)
         summary = run_ingest(config, resolve_dataset(config.dataset, landing, "parquet"))
         return {"env": env, "epsilon": epsilon, "seed": seed, **summary}
@@ -340,8 +337,8 @@ def train_command(
     dataset: str = DatasetOption,
     store: str | None = StoreOption,
     preset: str = typer.Option("tiny", "--preset", help="conf/models/<preset>.yaml: tiny, cpu or paper."),
-    overrides: list[str] | None = PresetSetOption,
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Training steps (overrides the preset)."),
+    overrides: list[str] | None = SetOption,
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Training steps (train.max_steps)."),
     out: str = typer.Option(
         "runs/latest",
         "--out",
@@ -350,17 +347,18 @@ def train_command(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Train MDT4Rec on the dataset's current trajectory set (resumes a killed run in the same --out)."""
+    """Train MDT4Rec on the dataset's current trajectory set (resumes a killed run in the same --out), the way the
+    pipeline's train task does (scale.train_processes > 1: under torchrun)."""
 
     def command() -> dict[str, Any]:
         from pathlib import Path
 
-        from mdt4rec_core.config import load_pipeline_config
-        from mdt4rec_core.train import load_preset, train_on_store
+        from mdt4rec_core.config import load_run_config
+        from tasks.training import train_model
 
         assignments = list(overrides or []) + ([f"train.max_steps={max_steps}"] if max_steps else [])
-        config = load_preset(preset, assignments)
-        summary = train_on_store(load_pipeline_config(store=store).store, dataset, config, Path(out))
+        run = load_run_config(dataset=dataset, overrides=assignments, preset=preset, store=store)
+        summary = train_model(run, Path(out))
         summary.pop("history")
         return summary
 
@@ -438,7 +436,7 @@ def study(
     def command() -> dict[str, Any]:
         from pathlib import Path
 
-        from mdt4rec_core.config import load_pipeline_config
+        from mdt4rec_core.config import load_run_config
         from tasks import study as steps
         from tasks.tracking import connect
 
@@ -447,7 +445,7 @@ def study(
         steps.study_dataset(config)
         steps.plan_cells(config, seeds, Path(out))
         steps.check_study_folder(steps.study_root(out, config.dataset, budget), config)
-        pipeline = load_pipeline_config(store=store)
+        pipeline = load_run_config(store=store)
         client = connect(pipeline.tracking)
         result = steps.run_study(budget, seeds, pipeline.store, out, assignments, dataset, finished_only)
         result["mlflow"] = steps.log_study(pipeline.tracking, result, client)

@@ -27,11 +27,20 @@ import polars as pl
 from pydantic import Field
 
 from mdt4rec_core.baselines.log_rule import LogRuleConfig, LogRulePolicy, shrunk_mean_feedback
-from mdt4rec_core.config import CONF_DIR, ConfigError, StrictModel, flatten_keys, load_config
-from mdt4rec_core.envs.build import Environment, Protocol
+from mdt4rec_core.config import (
+    CONF_DIR,
+    ConfigError,
+    Mode,
+    Protocol,
+    RunConfig,
+    StrictModel,
+    flatten_keys,
+    load_config,
+    load_run_config,
+)
+from mdt4rec_core.envs.build import Environment
 from mdt4rec_core.envs.evaluation import EpisodeLog, mean_ci95, run_episodes, seed_ci95
 from mdt4rec_core.envs.policies import Policy, PopularityPolicy, RandomPolicy
-from mdt4rec_core.envs.simulator import Mode
 
 ArmKind = Literal["random", "popularity", "replay", "log-rule", "sasrec", "cql", "bcq", "model"]
 
@@ -47,7 +56,7 @@ class Arm:
 
 
 _RANDOM_INIT = {"backbone": {"pretrained": False}}
-_DT = {"embedding": "linear", "factor_dim": 0, **_RANDOM_INIT}
+_DT = {"embedding": "linear", "item_factors": False, **_RANDOM_INIT}
 ARMS: dict[str, Arm] = {
     "random": Arm("random", "uniform over the allowed items"),
     "popularity": Arm("popularity", "the most logged allowed item"),
@@ -74,7 +83,7 @@ ARMS: dict[str, Arm] = {
     ),
     "mdt4rec-linear": Arm("model", "linear embeddings", {"embedding": "linear"}),
     "mdt4rec-factors": Arm(
-        "model", "without the item vectors from the logs (and so without the distance head)", {"factor_dim": 0}
+        "model", "without the item vectors from the logs (and so without the distance head)", {"item_factors": False}
     ),
     "mdt4rec-distance": Arm("model", "without the distance-aware action head", {"distance_head": False}),
     "mdt4rec-frozen": Arm("model", "frozen backbone", {"backbone": {"adaptation": "frozen"}}),
@@ -112,26 +121,20 @@ def load_study_config(budget: str, overrides: list[str] = ()) -> StudyConfig:
     return config
 
 
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in changes.items():
-        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
-
-
-def model_arm_preset(config: StudyConfig, arm: Arm, seed: int):
-    """The model preset of a model arm: the budget's preset and changes, the arm's changes, training seed ``seed``."""
-    from mdt4rec_core.train import load_preset
-
-    changes = {"model": _merge(config.model, arm.model), "train": {**config.train, "seed": seed}}
-    assignments = [f"{key}={json.dumps(value)}" for key, value in flatten_keys(changes)]
-    return load_preset(config.preset, assignments)
-
-
-def model_arm_search(config: StudyConfig, arm: Arm):
-    from mdt4rec_core.inference.search import SearchConfig
-
-    return SearchConfig(**{**config.search, **arm.search})
+def model_arm_run_config(config: StudyConfig, arm: Arm, seed: int, store: str) -> RunConfig:
+    """The RunConfig of a model arm: the budget's preset, its ``model``/``train``/``search`` changes, the arm's
+    changes over them, and training seed ``seed``."""
+    changes = {
+        "model": config.model,
+        "train": {**config.train, "seed": seed},
+        "search": config.search,
+    }
+    assignments = [
+        f"{key}={json.dumps(value)}"
+        for layer in (changes, {"model": arm.model, "search": arm.search})
+        for key, value in flatten_keys(layer)
+    ]
+    return load_run_config(preset=config.preset, dataset=config.dataset, store=store, overrides=assignments)
 
 
 @dataclass(frozen=True)
@@ -209,17 +212,17 @@ def _train_policy(inputs: CellInputs, config: StudyConfig, name: str, seed: int,
             save_offline_rl(folder / arm.kind, algo, rl_config, vectors)
         policy = QPolicy(algo, vectors, stats.feedback_min, stats.feedback_max)
         return policy, {"train_seconds": time.perf_counter() - started}
-    from mdt4rec_core.inference.policy import CheckpointPolicy
+    from mdt4rec_core.envs.checkpoint_policy import CheckpointPolicy
     from mdt4rec_core.train import train_on_trajectories
 
-    preset = model_arm_preset(config, arm, seed)
-    made_of = preset.model_dump_json() + stats.version
+    run = model_arm_run_config(config, arm, seed, inputs.store_uri)
+    made_of = run.model.model_dump_json() + run.train.model_dump_json() + stats.version
     model_folder = folder.parent.parent / "models" / f"{hashlib.sha256(made_of.encode()).hexdigest()[:12]}-seed-{seed}"
     model_folder.mkdir(parents=True, exist_ok=True)
     with open(model_folder / ".lock", "w") as lock:  # one process trains a shared model; the others wait, then reuse
         fcntl.flock(lock, fcntl.LOCK_EX)
-        summary = train_on_trajectories(inputs.store_uri, config.dataset, trajectories, preset, model_folder)
-    policy = CheckpointPolicy(model_folder / "checkpoint", environment.catalogue, model_arm_search(config, arm))
+        summary = train_on_trajectories(run, trajectories, model_folder)
+    policy = CheckpointPolicy(model_folder / "checkpoint", environment.catalogue, run.search)
     report = {
         "model_folder": str(model_folder),
         "held_out_action_ce": summary["val_action_ce"],

@@ -14,20 +14,17 @@ import pickle
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import polars as pl
 import torch
 import torch.distributed as dist
-from pydantic import Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mdt4rec_core.config import StrictModel, flatten_keys
+from mdt4rec_core.config import DataShape, ModelConfig, RunConfig, TrainConfig, flatten_keys
 from mdt4rec_core.data.windows import EpisodeArrays, episode_arrays, sample_windows
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.model.checkpoint import load_checkpoint, save_checkpoint, saved_state
-from mdt4rec_core.model.config import ModelConfig
 from mdt4rec_core.model.language import TextCorpus, item_corpus
 from mdt4rec_core.model.losses import trajectory_losses
 from mdt4rec_core.model.network import MDT4Rec
@@ -38,49 +35,41 @@ HISTORY = ("train_loss", "validation_loss", "validation_action_ce")  # [step, va
 START_FRESH = "train into another --out (or delete {out}) to start fresh"
 
 
-class TrainConfig(StrictModel):
-    batch_size: int = Field(32, ge=1)
-    max_steps: int = Field(1000, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(0.25, gt=0)
-    new_parameters_lr_scale: float = Field(
-        3.0, gt=0, description="learning-rate factor of the parameters outside the backbone (embeddings, heads)"
-    )
-    unconditioned_fraction: float = Field(
-        0.5, ge=0, lt=1, description="share of windows without returns-to-go (they train the max-return heads)"
-    )
-    padding_side: Literal["left", "right"] = "left"
-    validation_fraction: float = Field(0.05, ge=0, lt=1)
-    validate_every: int = Field(100, ge=1)
-    validation_batches: int = Field(8, ge=1)
-    checkpoint_every: int = Field(200, ge=1)
-    text_batch_size: int = Field(8, ge=1, description="item texts per step for the language-model term")
-    seed: int = 0
-
-
 @dataclass(frozen=True)
 class TrainingData:
-    """Episodes as arrays, split into training and validation episodes; ``metadata`` travels with checkpoints."""
+    """Episodes as arrays, split into training and validation episodes; ``shape`` the sizes the network takes from
+    them; ``metadata`` travels with checkpoints."""
 
     arrays: EpisodeArrays
     train_episodes: np.ndarray
     validation_episodes: np.ndarray
     catalogue: pl.DataFrame
+    shape: DataShape
     metadata: dict
     corpus: TextCorpus | None = None  # item texts for the language-model term (pre-trained backbones only)
     item_text: torch.Tensor | None = None  # (I, text_dim) frozen item text embeddings when the model uses them
     item_factors: torch.Tensor | None = None  # (I, factor_dim) frozen item vectors from the logs when it uses them
 
 
+def data_shape(steps: pl.DataFrame, items: int, factor_dim: int) -> DataShape:
+    """The sizes of a trajectory set's ``steps`` (TRAJECTORY_SCHEMA) with ``items`` catalogue items: the widest
+    state, the longest episode, the largest return-to-go; ``factor_dim`` the width of the item vectors it gives."""
+    return DataShape(
+        items=items,
+        state_length=max(1, int(steps["state_items"].list.len().max() or 0)),
+        max_timestep=int(steps["step"].max()) + 1,
+        max_return=float(max(1.0, steps["return_to_go"].max())),
+        factor_dim=factor_dim,
+    )
+
+
 def training_data(
-    steps: pl.DataFrame, catalogue: pl.DataFrame, model: ModelConfig, config: TrainConfig, metadata: dict
+    steps: pl.DataFrame, catalogue: pl.DataFrame, shape: DataShape, config: TrainConfig, metadata: dict
 ) -> TrainingData:
     """Episodes of users whose id hashes below ``validation_fraction`` are kept for validation."""
-    arrays = episode_arrays(steps, model.state_length, catalogue.height)
+    arrays = episode_arrays(steps, shape.state_length, catalogue.height)
     validation = validation_users(pl.Series(arrays.users), config.validation_fraction).to_numpy()
-    return TrainingData(arrays, np.flatnonzero(~validation), np.flatnonzero(validation), catalogue, metadata)
+    return TrainingData(arrays, np.flatnonzero(~validation), np.flatnonzero(validation), catalogue, shape, metadata)
 
 
 def validation_users(user_ids: pl.Series, fraction: float) -> pl.Series:
@@ -114,14 +103,16 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, out: Path) -> dict:
-    """Train (or resume training in ``out``) and return the run's summary (JSON-ready)."""
+def train(run: RunConfig, data: TrainingData, out: Path) -> dict:
+    """Train ``run.model`` with ``run.train`` (or resume training in ``out``) and return the run's summary
+    (JSON-ready); checkpoints keep ``run`` beside the weights."""
+    model_config, config = run.model, run.train
     rank, world = _distributed()
     torch.manual_seed(config.seed)
     device = (
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     )
-    model = MDT4Rec(model_config, data.item_text, data.item_factors).to(device)
+    model = MDT4Rec(model_config, data.shape, data.item_text, data.item_factors).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
     state_file, checkpoint = out / "training_state.json", out / "checkpoint"
@@ -149,7 +140,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
                 device,
             )
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                losses = trajectory_losses(trained(batch), batch, model_config)
+                losses = trajectory_losses(trained(batch), batch, model_config, data.shape)
                 if data.corpus is not None and model_config.loss.lm_weight > 0:
                     ids, mask = data.corpus.sample(config.text_batch_size, rng)
                     losses["language"] = model.backbone.language_loss(ids.to(device), mask.to(device))
@@ -170,7 +161,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
                 history["validation_loss"].append([step + 1, validation["total"]])
                 history["validation_action_ce"].append([step + 1, validation["action"]])
             if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or last):
-                _save(model, optimizer, scheduler, data, out, step + 1, history)
+                _save(model, optimizer, scheduler, data, run, out, step + 1, history)
     seconds = time.perf_counter() - started
     if world > 1:
         dist.barrier()
@@ -184,7 +175,7 @@ def train(model_config: ModelConfig, config: TrainConfig, data: TrainingData, ou
         "val_loss": history["validation_loss"][-1][1] if history["validation_loss"] else None,
         "val_action_ce": history["validation_action_ce"][-1][1] if history["validation_action_ce"] else None,
         "popularity_action_ce": popularity_cross_entropy(data),
-        "uniform_action_ce": math.log(model_config.items),
+        "uniform_action_ce": math.log(data.shape.items),
         **counts,
         "windows_per_second": windows / seconds if seconds else None,
         "tokens_per_second": 3 * model_config.context_steps * windows / seconds if seconds else None,
@@ -220,7 +211,7 @@ def validation_losses(
     model.eval()
     sums = {"total": 0.0, "action": 0.0}
     for batch in _validation_batches(data, model_config, config):
-        losses = trajectory_losses(model(_to(batch, device)), batch, model_config)
+        losses = trajectory_losses(model(_to(batch, device)), batch, model_config, data.shape)
         for name in sums:
             sums[name] += float(losses[name])
     return {name: value / config.validation_batches for name, value in sums.items()}
@@ -239,9 +230,9 @@ def popularity_cross_entropy(data: TrainingData) -> float | None:
     return float(-np.log(counts / counts.sum())[arrays.actions[steps(data.validation_episodes)]].mean())
 
 
-def _save(model, optimizer, scheduler, data: TrainingData, out: Path, step: int, history: dict) -> None:
+def _save(model, optimizer, scheduler, data: TrainingData, run: RunConfig, out: Path, step: int, history: dict) -> None:
     """Checkpoint, optimizer and schedule, then the state file last: a kill before it resumes from the previous."""
-    save_checkpoint(model, data.catalogue, out / "checkpoint", data.metadata)
+    save_checkpoint(model, data.catalogue, out / "checkpoint", data.metadata, run)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, out / ".optimizer.pt.tmp")
     (out / ".optimizer.pt.tmp").replace(out / "optimizer.pt")
     (out / ".training_state.json.tmp").write_text(json.dumps({"step": step, "history": history}))
@@ -339,86 +330,72 @@ def _progress(rank: int) -> Progress:
     )
 
 
-class Preset(StrictModel):
-    """conf/models/<name>.yaml: the network (every ModelConfig key but ``items``, which the data sets) and training."""
-
-    model: dict = Field(default_factory=dict)
-    train: TrainConfig = TrainConfig()
-
-
-def load_preset(name: str, overrides: list[str] = ()) -> Preset:
-    from mdt4rec_core.config import CONF_DIR, ConfigError, load_config
-
-    path = CONF_DIR / "models" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "models").glob("*.yaml"))
-        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(known)})")
-    return load_config(Preset, path, overrides)
-
-
-def model_config_for(
-    preset: Preset, catalogue: pl.DataFrame, steps: pl.DataFrame, item_factors: np.ndarray
-) -> ModelConfig:
-    """The preset's network sized for the data: catalogue size, longest episode, largest return-to-go, and the width
-    of the log-factorised item vectors (unless the preset sets ``factor_dim``: 0 leaves them out)."""
-    from mdt4rec_core.config import build_model
-
-    data = {
-        "items": catalogue.height,
-        "max_timestep": int(steps["step"].max()) + 1,
-        "max_return": float(max(1.0, steps["return_to_go"].max())),
-        "factor_dim": item_factors.shape[1],
-        **preset.model,
-    }
-    return build_model(ModelConfig, data, "preset model")
-
-
-def train_on_store(store_uri: str, dataset: str, preset: Preset, out: Path) -> dict:
-    """Train on the current trajectory set of ``dataset`` in the store."""
+def train_on_store(run: RunConfig, out: Path) -> dict:
+    """Train on the current trajectory set of ``run.dataset`` in ``run.store``."""
     from mdt4rec_core.data.store import Store
     from mdt4rec_core.data.trajectories import load_trajectories
-    from mdt4rec_core.errors import InputError
 
-    trajectories = load_trajectories(Store(store_uri), dataset)
+    trajectories = load_trajectories(Store(run.store), run.dataset)
     if trajectories is None:
-        raise InputError(f"dataset {dataset!r} has no trajectories in {store_uri}: run mdt4rec ingest first")
-    return train_on_trajectories(store_uri, dataset, trajectories, preset, out)
+        raise InputError(f"dataset {run.dataset!r} has no trajectories in {run.store}: run mdt4rec ingest first")
+    return train_on_trajectories(run, trajectories, out)
 
 
-def train_on_trajectories(store_uri: str, dataset: str, trajectories, preset: Preset, out: Path) -> dict:
-    """Train on ``trajectories`` (a TrajectorySet of ``dataset``; its item table, when stored, gives item texts)."""
+def train_on_trajectories(run: RunConfig, trajectories, out: Path) -> dict:
+    """Train on ``trajectories`` (a TrajectorySet of ``run.dataset``; its item table in ``run.store``, when stored,
+    gives item texts)."""
     from mdt4rec_core.data.store import Store
-    from mdt4rec_core.errors import InputError
 
-    model_config = model_config_for(preset, trajectories.catalogue, trajectories.steps, trajectories.item_factors)
     stats = trajectories.stats
+    factors = trajectories.item_factors if run.model.item_factors else trajectories.item_factors[:, :0]
+    shape = data_shape(trajectories.steps, trajectories.catalogue.height, factors.shape[1])
     metadata = {
-        "dataset": dataset,
+        "dataset": run.dataset,
         "trajectory_version": stats.version,
         "feedback_min": stats.feedback_min,
         "feedback_max": stats.feedback_max,
     }
-    data = training_data(trajectories.steps, trajectories.catalogue, model_config, preset.train, metadata)
-    if model_config.factor_dim:
-        if trajectories.item_factors.shape[1] != model_config.factor_dim:
-            raise InputError(
-                f"model.factor_dim {model_config.factor_dim} differs from the trajectory set's item factors "
-                f"({trajectories.item_factors.shape[1]}; set trajectories.item_factors)"
-            )
-        data = replace(data, item_factors=torch.as_tensor(trajectories.item_factors))
-    items_table = f"items/dataset={dataset}/items.parquet"
-    store = Store(store_uri)
+    data = training_data(trajectories.steps, trajectories.catalogue, shape, run.train, metadata)
+    if shape.factor_dim:
+        data = replace(data, item_factors=torch.as_tensor(factors))
+    items_table = f"items/dataset={run.dataset}/items.parquet"
+    store = Store(run.store)
     if store.exists(items_table):
         items = store.read_parquet(items_table, columns=["item_id", "text"])
-        data = replace(data, corpus=item_corpus(items["text"].to_list(), model_config.backbone))
+        data = replace(data, corpus=item_corpus(items["text"].to_list(), run.model.backbone))
     else:
         items = pl.DataFrame(schema={"item_id": pl.String, "text": pl.String})
-    if model_config.text_dim:
+    if run.model.text_dim:
         # Catalogue order; an item without a row in the item table is described by its id.
         texts = trajectories.catalogue.join(items, on="item_id", how="left", maintain_order="left").select(
             pl.coalesce("text", "item_id")
         )
-        data = replace(
-            data, item_text=item_text_embeddings(texts.to_series().to_list(), model_config.backbone.cache_dir)
-        )
-    return {"dataset": dataset, "trajectory_version": stats.version, **train(model_config, preset.train, data, out)}
+        data = replace(data, item_text=item_text_embeddings(texts.to_series().to_list(), run.model.backbone.cache_dir))
+    return {"dataset": run.dataset, "trajectory_version": stats.version, **train(run, data, out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mdt4rec_core.train --config RUN.json --out FOLDER``: one rank of a multi-process training (under
+    torchrun) of a resolved RunConfig; rank 0 prints the summary as one JSON line, bad input is one ``error:``
+    line and exit status 2."""
+    import argparse
+    import sys
+
+    from mdt4rec_core.config import load_run_config_file
+
+    parser = argparse.ArgumentParser(prog="python -m mdt4rec_core.train")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    arguments = parser.parse_args(argv)
+    try:
+        summary = train_on_store(load_run_config_file(arguments.config), arguments.out)
+    except InputError as exc:  # ConfigError is one too
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

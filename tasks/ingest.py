@@ -19,13 +19,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NoReturn
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
-from mdt4rec_core.config import DatasetConfig, IngestConfig, PipelineConfig, TrajectoryConfig
+from mdt4rec_core.config import DatasetConfig, IngestConfig, RunConfig, TrajectoryConfig
 from mdt4rec_core.data.ingest import (
     IngestBatch,
     IngestPlan,
@@ -48,8 +46,10 @@ from mdt4rec_core.data.trajectories import (
     save_bucket,
     set_current,
     stored_stats,
-    summarise,
+    trajectory_stats,
 )
+from mdt4rec_core.envs.episodes import stored_episode_rule
+from tasks.prefect_task import as_task
 from tasks.validation import (
     ValidationFailed,
     ValidationReport,
@@ -122,11 +122,14 @@ def store_side_tables(dataset: DatasetConfig, store_uri: str) -> dict[str, int]:
 def build_trajectories(
     store_uri: str, dataset: DatasetConfig, config: TrajectoryConfig, make_current: bool = True
 ) -> TrajectoryBuild:
-    """Build (or reuse) the trajectory set of what is stored, bucket by bucket: each bucket is validated before it is
+    """Build (or reuse) the trajectory set of what is stored, its episodes cut by the rule ``config.cut_by`` names
+    (``envs.episodes.stored_episode_rule``), bucket by bucket: each bucket is validated before it is
     saved, and the set becomes current only when every bucket passed (and ``make_current``: a study builds the sets
     of its protocols without switching what the pipeline trains on)."""
     store = Store(store_uri)
-    plan = plan_trajectories(store, dataset, config)
+    plan = None
+    if store.interaction_parts(dataset.name):  # a quit-rule cut builds the dataset's environment from what is stored
+        plan = plan_trajectories(store, dataset.name, config, stored_episode_rule(store, dataset, config))
     if plan is None:
         return TrajectoryBuild(None, built=False, checks=[])
     existing = stored_stats(store, dataset.name, plan.version)
@@ -143,7 +146,7 @@ def build_trajectories(
         save_bucket(store, plan, bucket, steps)
         parts.append(steps.select(USER_ID, "done"))
         checks.append(report)
-    stats = summarise(parts, plan.version, plan.catalogue.height, plan.feedback_min, plan.feedback_max)
+    stats = trajectory_stats(parts, plan.version, plan.catalogue.height, plan.feedback_min, plan.feedback_max)
     finish_build(store, plan, stats, make_current)
     return TrajectoryBuild(stats, built=True, checks=checks)
 
@@ -166,15 +169,10 @@ class IngestSteps:
 
 
 PLAIN_STEPS = IngestSteps(plan_logs, read_logs, check_interactions, store_logs, store_side_tables, build_trajectories)
-TASK_STEPS = IngestSteps(
-    *(
-        task(step, name=step.__name__.replace("_", "-"), cache_policy=NO_CACHE)
-        for step in (getattr(PLAIN_STEPS, f.name) for f in fields(IngestSteps))
-    )
-)
+TASK_STEPS = IngestSteps(*(as_task(step) for step in (getattr(PLAIN_STEPS, f.name) for f in fields(IngestSteps))))
 
 
-def run_ingest(config: PipelineConfig, dataset: DatasetConfig, steps: IngestSteps = PLAIN_STEPS) -> dict[str, Any]:
+def run_ingest(config: RunConfig, dataset: DatasetConfig, steps: IngestSteps = PLAIN_STEPS) -> dict[str, Any]:
     """Run the chain for ``dataset`` (with the run's ``config.ingest`` settings) into ``config.store`` and return the
     run's summary (JSON-ready)."""
     started = time.perf_counter()

@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from mdt4rec_core.config import load_pipeline_config
+from mdt4rec_core.config import load_run_config
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.inference.recommend import Recommender
 
@@ -30,7 +30,7 @@ class MDT4RecModel(mlflow.pyfunc.PythonModel):
         """Load the checkpoint and the request limit; a damaged checkpoint is an MlflowException naming its file."""
         try:
             self.recommender = Recommender(Path(context.artifacts["checkpoint"]))
-            self.max_rows = load_pipeline_config().serving.max_users_per_request
+            self.max_rows = load_run_config().serving.max_users_per_request
         except InputError as error:
             raise MlflowException(str(error), INVALID_PARAMETER_VALUE) from None
 

@@ -1,6 +1,7 @@
-"""Steps of the study (``mdt4rec study`` and the ``study-mdt4rec`` flow), as plain functions (the flow wraps them as
-tasks): prepare each protocol's data and simulator -> run every (protocol, arm, seed) cell -> summarise -> write
-``study.json`` / ``study.md`` / ``r_cumu.png`` -> log to MLflow.
+"""The study's chain (``mdt4rec study`` and the ``study-mdt4rec`` flow): prepare each protocol's data and simulator
+-> run every (protocol, arm, seed) cell -> summarise -> write ``study.json`` / ``study.md`` / ``r_cumu.png`` -> log
+to MLflow. It is written once (``run_study``) over a table of steps: ``PLAIN_STEPS`` call the functions directly,
+``TASK_STEPS`` are the same functions as Prefect tasks (the flow), so that each step is a task run.
 
 A study lives in ``<out>/<dataset>-<budget>/``, one folder per cell (``<protocol>/<arm>/seed-<s>/``); a finished cell
 is its ``cell.json`` and is never run again, so a rerun (or a resumed, interrupted study) only runs what is missing.
@@ -15,6 +16,7 @@ import re
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from pydantic import ValidationError
 
 from mdt4rec_core.config import (
     DatasetConfig,
-    PipelineConfig,
+    RunConfig,
     TrackingConfig,
     TrajectoryConfig,
     flatten_keys,
@@ -32,6 +34,7 @@ from mdt4rec_core.config import (
 )
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.study import ARMS, CellInputs, StudyConfig, load_study_config, run_cell, summarise_cells
+from tasks.prefect_task import as_task
 
 PARAM_LIMIT = 6000  # MLflow's longest parameter value
 PRIMARY_MODE = "FB"  # the mode of the Length / R_avg / distinct-items columns and the histogram, when studied
@@ -145,7 +148,7 @@ def prepare_protocol(store_uri: str, dataset: DatasetConfig, protocol: str) -> C
 
     store = Store(store_uri)
     if store.scan_interactions(dataset.name) is None:
-        run_ingest(PipelineConfig(dataset=dataset.name, store=store_uri), dataset)
+        run_ingest(RunConfig(dataset=dataset.name, store=store_uri), dataset)
     with store.writer_lock(dataset.name):
         build = build_trajectories(store.uri, dataset, TrajectoryConfig(protocol=protocol), make_current=False)
     if build.stats is None:
@@ -206,6 +209,30 @@ def summarise_study(
     return summary
 
 
+@dataclass(frozen=True)
+class StudySteps:
+    prepare_protocol: Callable[..., CellInputs]
+    run_cell: Callable[..., dict[str, Any]]
+    summarise: Callable[..., dict[str, Any]]
+
+
+PLAIN_STEPS = StudySteps(prepare_protocol, run_study_cell, summarise_study)
+
+
+def _cell_run_name() -> str:
+    from prefect.runtime import task_run
+
+    cell = task_run.parameters["cell"]
+    return f"cell-{cell.protocol}-{cell.arm}-seed-{cell.seed}"
+
+
+TASK_STEPS = StudySteps(
+    as_task(prepare_protocol),
+    as_task(run_study_cell, "run-cell", task_run_name=_cell_run_name),
+    as_task(summarise_study, "summarise"),
+)
+
+
 def run_study(
     budget: str,
     seeds: int,
@@ -214,11 +241,13 @@ def run_study(
     overrides: list[str] = (),
     dataset: str | None = None,
     finished_only: bool = False,
+    steps: StudySteps = PLAIN_STEPS,
 ) -> dict[str, Any]:
     """Run the study ``budget`` with ``seeds`` seeds, cell after cell (finished cells are reused), into
-    ``<out>/<dataset>-<budget>/``; its summary (rows, paths, seconds; JSON-ready). ``finished_only`` runs nothing
-    and summarises the cells that are finished (a study still running, or one whose arms ran with different seeds
-    in separate processes)."""
+    ``<out>/<dataset>-<budget>/``; its summary (rows, paths, seconds; JSON-ready). Every cell runs even when one
+    fails; then the failed ones are named (an InputError when each failed on bad input). ``finished_only`` runs
+    nothing and summarises the cells that are finished (a study still running, or one whose arms ran with different
+    seeds in separate processes)."""
     started = time.perf_counter()
     overrides = list(overrides)
     config = load_budget(budget, overrides, dataset)
@@ -233,14 +262,28 @@ def run_study(
         if not records:
             raise InputError(f"{root} holds no finished cell of this study")
         command = study_command(budget, seeds, store_uri, out, overrides, dataset) + " --finished-only"
-        return summarise_study(config, budget, seeds, records, root, command, 0.0, len(records))
+        return steps.summarise(config, budget, seeds, records, root, command, 0.0, len(records))
+    failed: list[tuple[Cell, Exception]] = []
     for protocol in config.protocols:
-        inputs = prepare_protocol(store_uri, source, protocol)
+        inputs = steps.prepare_protocol(store_uri, source, protocol)
         for cell in (c for c in cells if c.protocol == protocol):
             reused += (cell.folder / "cell.json").is_file()
-            records.append(run_study_cell(inputs, config, cell))
+            try:
+                records.append(steps.run_cell(inputs, config, cell))
+            except Exception as error:  # the other cells still run
+                failed.append((cell, error))
+    if failed:
+        _raise_failed(failed, len(cells))
     command = study_command(budget, seeds, store_uri, out, overrides, dataset)
-    return summarise_study(config, budget, seeds, records, root, command, time.perf_counter() - started, reused)
+    return steps.summarise(config, budget, seeds, records, root, command, time.perf_counter() - started, reused)
+
+
+def _raise_failed(failed: list[tuple[Cell, Exception]], cells: int) -> None:
+    names = ", ".join(f"{c.protocol}/{c.arm}/seed-{c.seed}" for c, _ in failed)
+    message = f"{len(failed)} of {cells} cells failed ({names}): {failed[0][1]}"
+    if all(isinstance(error, InputError) for _, error in failed):
+        raise InputError(message) from None
+    raise RuntimeError(message) from failed[0][1]
 
 
 _FILES = {"json": "study.json", "markdown": "study.md", "plot": "r_cumu.png"}

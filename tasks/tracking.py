@@ -29,7 +29,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType, Array
 
-from mdt4rec_core.config import TrackingConfig, flatten_keys
+from mdt4rec_core.config import RunConfig, TrackingConfig
 from mdt4rec_core.errors import InputError
 
 CHAMPION = "champion"
@@ -289,7 +289,7 @@ def record_run(
     client: MlflowClient,
     experiment: str,
     run_name: str,
-    plan,
+    run: RunConfig,
     ingest: dict[str, Any],
     trained: dict[str, Any],
     evaluations: list[dict[str, Any]],
@@ -303,11 +303,13 @@ def record_run(
 
     from tasks.reporting import evaluation_rows
 
-    run = client.create_run(experiment, run_name=run_name, tags={"dataset": plan.pipeline.dataset})
-    run_id = run.info.run_id
+    created = client.create_run(
+        experiment, run_name=run_name, tags={"dataset": run.dataset, "profile": str(run.profile)}
+    )
+    run_id = created.info.run_id
     try:
-        config = _run_config(plan)
-        params = [Param(key, str(value)[:6000]) for key, value in flatten_keys(config)]
+        config = run.model_dump(mode="json")
+        params = [Param(key, value[:6000]) for key, value in run.params().items()]
         now = int(time.time() * 1000)
         metrics = [
             Metric(name, float(value), now, int(step))
@@ -358,17 +360,6 @@ def download_model(version: ModelVersion, folder: Path) -> Path:
     """The files of a registered version (MLmodel, artifacts/checkpoint/...) under ``folder``, from the registry
     ``connect`` pointed MLflow at."""
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(folder)))
-
-
-def _run_config(plan) -> dict[str, Any]:
-    return {
-        "profile": plan.profile,
-        "pipeline": plan.pipeline.model_dump(),
-        "preset": plan.preset,
-        "preset_overrides": plan.preset_overrides,
-        "evaluation": plan.evaluation.model_dump(),
-        "scale": plan.scale.model_dump(),
-    }
 
 
 def _frame(rows: list[dict[str, Any]]):

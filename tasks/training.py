@@ -1,6 +1,7 @@
 """Training and evaluation steps of the ``train-mdt4rec`` flow, as plain functions (the flow wraps them as tasks).
 
-A finished training is remembered by its inputs (dataset, store, trajectory set, resolved preset, processes) in
+A finished training is remembered by its inputs (dataset, store, trajectory set, the settings of the network, its
+training and its trajectories, processes) in
 ``<runs>/by-inputs/<key>.json``, so that a later run with the same inputs can take its checkpoint instead of
 training again.
 """
@@ -15,36 +16,33 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mdt4rec_core.config import RunConfig
 from mdt4rec_core.envs.api import evaluate_policy
 from mdt4rec_core.errors import InputError
-from mdt4rec_core.profiles import RunPlan
-from mdt4rec_core.train import load_preset, train_on_store
+from mdt4rec_core.train import train_on_store
+
+RUN_CONFIG_FILE = "run_config.json"
 
 
-def train_model(plan: RunPlan, out: Path) -> dict[str, Any]:
-    """Train on the current trajectory set; with ``scale.train_processes`` > 1, under torchrun (DDP, gloo on CPU)."""
-    pipeline = plan.pipeline
-    if plan.scale.train_processes == 1:
-        return train_on_store(pipeline.store, pipeline.dataset, load_preset(plan.preset, plan.preset_overrides), out)
+def train_model(run: RunConfig, out: Path) -> dict[str, Any]:
+    """Train on the current trajectory set; with ``scale.train_processes`` > 1, under torchrun (DDP, gloo on CPU),
+    every rank reading ``run`` from ``out/run_config.json``."""
+    if run.scale.train_processes == 1:
+        return train_on_store(run, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_CONFIG_FILE).write_text(run.model_dump_json(indent=1), encoding="utf-8")
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        f"--nproc_per_node={plan.scale.train_processes}",
+        f"--nproc_per_node={run.scale.train_processes}",
         "-m",
-        "mdt4rec_cli",
-        "train",
-        "--store",
-        pipeline.store,
-        "--dataset",
-        pipeline.dataset,
-        "--preset",
-        plan.preset,
-        *(part for assignment in plan.preset_overrides for part in ("--set", assignment)),
+        "mdt4rec_core.train",
+        "--config",
+        str(out / RUN_CONFIG_FILE),
         "--out",
         str(out),
-        "--json",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     refusals = [line.removeprefix("error: ") for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -55,16 +53,15 @@ def train_model(plan: RunPlan, out: Path) -> dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def training_inputs(plan: RunPlan, trajectory_version: str) -> dict[str, Any]:
-    """Everything a training's result depends on: the data (store, dataset, trajectory set), the resolved preset
-    (network and training settings, seed included) and the number of training processes."""
-    pipeline = plan.pipeline
+def training_inputs(run: RunConfig, trajectory_version: str) -> dict[str, Any]:
+    """Everything a training's result depends on: the data (store, dataset, trajectory set), the settings of the
+    network and of its training (seed included) and the number of training processes."""
     return {
-        "store": pipeline.store,
-        "dataset": pipeline.dataset,
+        "store": run.store,
+        "dataset": run.dataset,
         "trajectory_version": trajectory_version,
-        "preset": load_preset(plan.preset, plan.preset_overrides).model_dump(mode="json"),
-        "train_processes": plan.scale.train_processes,
+        **run.model_dump(mode="json", include={"model", "train"}),
+        "train_processes": run.scale.train_processes,
     }
 
 
@@ -79,11 +76,11 @@ def _entry(runs: Path, inputs: dict[str, Any]) -> Path:
 
 
 def reusable_training(
-    runs: Path, plan: RunPlan, trajectory_version: str, registered: set[str]
+    runs: Path, run: RunConfig, trajectory_version: str, registered: set[str]
 ) -> dict[str, Any] | None:
     """The summary of the last finished training with these inputs when its checkpoint is still on disk and is not
     among the ``registered`` checkpoints (its registration failed); else None."""
-    entry = _entry(runs, training_inputs(plan, trajectory_version))
+    entry = _entry(runs, training_inputs(run, trajectory_version))
     try:
         trained = json.loads(entry.read_text())["trained"]
     except (OSError, ValueError, KeyError):  # none yet, or unreadable: train anew (and replace it)
@@ -92,9 +89,9 @@ def reusable_training(
     return trained if Path(checkpoint).is_dir() and checkpoint not in registered else None
 
 
-def remember_training(runs: Path, plan: RunPlan, trained: dict[str, Any]) -> None:
+def remember_training(runs: Path, run: RunConfig, trained: dict[str, Any]) -> None:
     """Record the finished training ``trained`` (its summary) under the key of its inputs, replacing any earlier one."""
-    inputs = training_inputs(plan, trained["trajectory_version"])
+    inputs = training_inputs(run, trained["trajectory_version"])
     entry = _entry(runs, inputs)
     entry.parent.mkdir(parents=True, exist_ok=True)
     partial = entry.with_name(f".{entry.name}.tmp")

@@ -27,7 +27,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig  # noq
 # GX pins this module's logger to INFO, and it narrates creating a temporary Data Docs folder that it never uses.
 logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
-from mdt4rec_core.config import PipelineConfig, TrajectoryConfig  # noqa: E402
+from mdt4rec_core.config import RunConfig, TrajectoryConfig  # noqa: E402
 from mdt4rec_core.data.checks import interaction_view, trajectory_view  # noqa: E402
 from mdt4rec_core.data.schema import EARLIEST_TIME, FUTURE_TOLERANCE, SOURCE_FILE, USER_ID  # noqa: E402
 from mdt4rec_core.data.store import DAMAGED, Store  # noqa: E402
@@ -289,7 +289,7 @@ def reports_dir(store: Store, dataset: str) -> Path:
     return base / "reports" / f"dataset={dataset}"
 
 
-def validate_stored(config: PipelineConfig, repair: bool = False) -> dict:
+def validate_stored(config: RunConfig, repair: bool = False) -> dict:
     """Run both suites over everything stored for ``config.dataset``: all interactions, and the current trajectory
     set part by part. Every stored file is first read in full: damaged files are a StoreError listing each (or, with
     ``repair``, are moved aside with what depends on them; see ``Store.repair``)."""

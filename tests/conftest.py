@@ -25,14 +25,14 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture
 def ingest(tmp_path):
     """Run the plain ingest chain on a raw file or folder into a per-test store; returns (summary, store)."""
-    from mdt4rec_core.config import PipelineConfig, TrajectoryConfig, resolve_dataset
+    from mdt4rec_core.config import RunConfig, TrajectoryConfig, resolve_dataset
     from mdt4rec_core.data.store import Store
     from tasks.ingest import run_ingest
 
     store_root = tmp_path / "store"
 
     def run(source, format="csv", dataset="log", **trajectory):
-        config = PipelineConfig(dataset=dataset, store=str(store_root), trajectories=TrajectoryConfig(**trajectory))
+        config = RunConfig(dataset=dataset, store=str(store_root), trajectories=TrajectoryConfig(**trajectory))
         summary = run_ingest(config, resolve_dataset(dataset, str(source) if source else None, format))
         return summary, Store(store_root)
 

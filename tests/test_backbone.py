@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from mdt4rec_core.config import BackboneConfig
 from mdt4rec_core.model.backbone import Backbone, smollm2_folder
-from mdt4rec_core.model.config import BackboneConfig
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs back into the forest to find its family."
 

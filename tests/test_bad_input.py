@@ -191,7 +191,7 @@ def test_cli_error_is_one_line_naming_the_cause(tmp_path):
 
 
 def test_batches_are_stored_one_by_one_and_deduplicated_across(tmp_path):
-    from mdt4rec_core.config import IngestConfig, PipelineConfig, resolve_dataset
+    from mdt4rec_core.config import IngestConfig, RunConfig, resolve_dataset
     from mdt4rec_core.data.store import Store
     from tasks.ingest import run_ingest
 
@@ -200,7 +200,7 @@ def test_batches_are_stored_one_by_one_and_deduplicated_across(tmp_path):
     _write(logs / "a.csv", HEADER + GOOD)
     _write(logs / "b.csv", HEADER + "u1,i1,1700000000,4\nu9,i9,1700000000,1\n")  # first row repeats a.csv row 2
     _write(logs / "c.csv", HEADER + "u9,i9,1700000000,1\nu9,i8,1700000001,1\n")  # first row repeats b.csv row 3
-    config = PipelineConfig(dataset="log", store=str(tmp_path / "store"), ingest=IngestConfig(batch_megabytes=1e-6))
+    config = RunConfig(dataset="log", store=str(tmp_path / "store"), ingest=IngestConfig(batch_megabytes=1e-6))
     summary = run_ingest(config, resolve_dataset("log", str(logs), "csv"))
     assert summary["batches"] == 3
     assert (summary["rows_read"], summary["rows_accepted"], summary["rows_quarantined"]) == (7, 5, 2)

@@ -30,7 +30,7 @@ from mdt4rec_core.baselines.sasrec import (
     train_sasrec,
 )
 from mdt4rec_core.data.schema import TRAJECTORY_SCHEMA
-from mdt4rec_core.envs.evaluation import evaluate
+from mdt4rec_core.envs.evaluation import evaluate_in_simulator
 from mdt4rec_core.envs.quit_rules import DistanceQuit
 from mdt4rec_core.envs.simulator import BatchedEnv, Observation
 from mdt4rec_core.errors import InputError
@@ -113,7 +113,7 @@ def tiny_environment(seed: int = 0) -> tuple[np.ndarray, DistanceQuit]:
 def assert_runs_in_environments(policy) -> None:
     rewards, rule = tiny_environment()
     for mode in ("FB", "NX_0"):
-        result = evaluate(rewards, rule, mode, policy, np.arange(3), episodes=6, seeds=[0, 1])
+        result = evaluate_in_simulator(rewards, rule, mode, policy, np.arange(3), episodes=6, seeds=[0, 1])
         assert result["episodes"] == 12
         assert 1 <= result["Length"] <= (30 if mode == "FB" else ITEMS)
         assert 0 <= result["R_cumu"] <= 5 * result["Length"] and math.isfinite(result["R_avg"])

@@ -1,7 +1,7 @@
 """docker/Dockerfile, docker/compose.yaml and prefect.yaml agree with the project's own configuration and install.
 
 No Docker engine is involved: the YAML files are read with PyYAML, the Dockerfile, the Makefile and the flow module
-as text. The reference values come from ``load_pipeline_config()``, ``pyproject.toml`` and the ``Makefile``.
+as text. The reference values come from ``load_run_config()``, ``pyproject.toml`` and the ``Makefile``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from mdt4rec_core.config import PipelineConfig, load_pipeline_config
+from mdt4rec_core.config import RunConfig, load_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -33,8 +33,8 @@ REQUIRED_TELEMETRY = {
 
 
 @pytest.fixture(scope="module")
-def config() -> PipelineConfig:
-    return load_pipeline_config()
+def config() -> RunConfig:
+    return load_run_config()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from mdt4rec_core.envs.evaluation import evaluate, mean_ci95, run_episodes
-from mdt4rec_core.envs.ground_truth import FactorisationConfig, factorise
+from mdt4rec_core.config import FactorisationConfig
+from mdt4rec_core.envs.evaluation import evaluate_in_simulator, mean_ci95, run_episodes
+from mdt4rec_core.envs.ground_truth import factorise
 from mdt4rec_core.envs.gym_env import RecommendationEnv
 from mdt4rec_core.envs.policies import PopularityPolicy, RandomPolicy
 from mdt4rec_core.envs.quit_rules import NEVER, NO_ITEM, DistanceQuit, RepeatQuit, cut_episodes, quit_lag
@@ -78,7 +79,7 @@ def test_nx10_lasts_exactly_ten_steps_and_nx_never_repeats():
 
 def test_r_avg_is_a_ratio_of_means():
     rule = DistanceQuit(DISTANCES, 2.5, 7)
-    summary = evaluate(REWARDS, rule, "FB", RandomPolicy(5), np.arange(2), episodes=200, seeds=[0, 1])
+    summary = evaluate_in_simulator(REWARDS, rule, "FB", RandomPolicy(5), np.arange(2), episodes=200, seeds=[0, 1])
     logs = [run_episodes(REWARDS, rule, "FB", RandomPolicy(5), np.arange(2), 200, s) for s in (0, 1)]
     returns = np.concatenate([log.returns for log in logs])
     lengths = np.concatenate([log.lengths for log in logs])

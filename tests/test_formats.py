@@ -121,7 +121,7 @@ def test_ndjson_and_parquet_event_logs(ingest, tmp_path):
 
 
 def test_column_mapping_for_a_generic_csv(ingest, tmp_path, monkeypatch):
-    from mdt4rec_core.config import DatasetConfig, PipelineConfig
+    from mdt4rec_core.config import DatasetConfig, RunConfig
     from tasks.ingest import run_ingest
 
     log = tmp_path / "clicks.csv"
@@ -133,7 +133,7 @@ def test_column_mapping_for_a_generic_csv(ingest, tmp_path, monkeypatch):
         timestamp_unit="ms",
         columns={"user_id": "uid", "item_id": "sku", "timestamp": "ts_ms", "feedback": "clicked"},
     )
-    summary = run_ingest(PipelineConfig(dataset="clicks", store=str(tmp_path / "s")), dataset)
+    summary = run_ingest(RunConfig(dataset="clicks", store=str(tmp_path / "s")), dataset)
     assert summary["rows_accepted"] == 2 and summary["rows_quarantined"] == 0
 
 

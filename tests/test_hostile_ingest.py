@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mdt4rec_core.config import IngestConfig, PipelineConfig, resolve_dataset
+from mdt4rec_core.config import IngestConfig, RunConfig, resolve_dataset
 from mdt4rec_core.data.ingest import IngestReport, commit, plan_ingest, read_batch
 from mdt4rec_core.data.store import Store
 from mdt4rec_core.errors import InputError
@@ -34,7 +34,7 @@ def _ingest(tmp_path, source, format="csv", **ingest):
     """The plain ingest chain on ``source`` as the ad-hoc dataset ``log`` with ``ingest`` settings."""
     from tasks.ingest import run_ingest
 
-    config = PipelineConfig(dataset="log", store=str(tmp_path / "store"), ingest=IngestConfig(**ingest))
+    config = RunConfig(dataset="log", store=str(tmp_path / "store"), ingest=IngestConfig(**ingest))
     return run_ingest(config, resolve_dataset("log", str(source), format)), Store(tmp_path / "store")
 
 
@@ -242,7 +242,7 @@ def test_a_mapped_canonical_name_left_in_the_file_is_an_unusable_header(tmp_path
     path = _write(tmp_path / "log.csv", "user_id,item_id,time,feedback,timestamp\nu1,i1,1700000000,4,x\n")
     dataset = DatasetConfig(name="log", format="csv", path=str(path), columns={"timestamp": "time"})
     with pytest.raises(InputError, match=r"log\.csv: unusable header: column 'timestamp' would clash"):
-        run_ingest(PipelineConfig(dataset="log", store=str(tmp_path / "store")), dataset)
+        run_ingest(RunConfig(dataset="log", store=str(tmp_path / "store")), dataset)
 
 
 def test_an_unusable_only_file_from_the_cli_is_one_error_line(tmp_path):

@@ -32,10 +32,10 @@ def write_log(path: Path, users: range, start: int) -> Path:
 
 
 def ingest(store: Path, log: Path) -> None:
-    from mdt4rec_core.config import PipelineConfig, resolve_dataset
+    from mdt4rec_core.config import RunConfig, resolve_dataset
     from tasks.ingest import run_ingest
 
-    run_ingest(PipelineConfig(dataset=DATASET, store=str(store)), resolve_dataset(DATASET, str(log), "csv"))
+    run_ingest(RunConfig(dataset=DATASET, store=str(store)), resolve_dataset(DATASET, str(log), "csv"))
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +66,12 @@ def train(store: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def train_in_process(store: Path, out: Path, steps: int) -> dict:
-    from mdt4rec_core.train import load_preset, train_on_store
+    from mdt4rec_core.config import load_run_config
+    from mdt4rec_core.train import train_on_store
 
-    return train_on_store(str(store), DATASET, load_preset("tiny", [f"train.max_steps={steps}"]), out)
+    return train_on_store(
+        load_run_config(dataset=DATASET, overrides=[f"train.max_steps={steps}"], preset="tiny", store=str(store)), out
+    )
 
 
 def recommend(checkpoint: Path, feedback: str) -> subprocess.CompletedProcess:
@@ -129,9 +132,9 @@ def test_the_served_model_takes_feedback_per_row_and_names_the_bad_row(served):
 
 
 def test_a_request_beyond_the_row_limit_is_refused_naming_the_setting(served):
-    from mdt4rec_core.config import load_pipeline_config
+    from mdt4rec_core.config import load_run_config
 
-    limit = load_pipeline_config().serving.max_users_per_request
+    limit = load_run_config().serving.max_users_per_request
     assert refusal(served, pd.DataFrame({"history": [["i1"]] * (limit + 1)})) == (
         f"the request holds {limit + 1:,} rows; at most {limit:,} users per request (serving.max_users_per_request)"
     )
@@ -221,12 +224,12 @@ def test_loading_a_damaged_checkpoint_as_the_served_model_names_the_file(trained
 
 
 def test_a_refusal_under_torchrun_is_its_error_line(monkeypatch, tmp_path):
-    from mdt4rec_core.profiles import load_run_plan
+    from mdt4rec_core.config import load_run_config
     from tasks import training
 
     stderr = "W0101 torchrun warning\nerror: runs/x holds a run of other model settings (item_dim: 16 -> 32)\n"
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr=stderr + "torch.distributed...ChildFailedError\n")
     monkeypatch.setattr(training.subprocess, "run", lambda *args, **kwargs: failed)
-    plan = load_run_plan("smoke", "ml-100k", ["scale.train_processes=2"])
+    run = load_run_config("smoke", "ml-100k", ["scale.train_processes=2"])
     with pytest.raises(InputError, match=r"^runs/x holds a run of other model settings \(item_dim: 16 -> 32\)$"):
-        training.train_model(plan, tmp_path / "ddp")
+        training.train_model(run, tmp_path / "ddp")

@@ -8,15 +8,14 @@ import polars as pl
 import pytest
 import torch
 
-from mdt4rec_core.config import TrajectoryConfig
+from mdt4rec_core.config import BackboneConfig, DataShape, ModelConfig, SearchConfig, TrajectoryConfig
 from mdt4rec_core.data.item_factors import factorise_items
-from mdt4rec_core.data.trajectories import build_trajectories
+from mdt4rec_core.data.trajectories import trajectories_in_memory
 from mdt4rec_core.data.windows import collate, episode_arrays, sample_windows
 from mdt4rec_core.envs.episodes import QuitRuleEpisodes
 from mdt4rec_core.envs.quit_rules import NO_ITEM, DistanceQuit
 from mdt4rec_core.inference.recommend import context_from_history
-from mdt4rec_core.inference.search import SearchConfig, _conditioning, _windows
-from mdt4rec_core.model.config import BackboneConfig, ModelConfig
+from mdt4rec_core.inference.search import _conditioning, _windows
 from mdt4rec_core.model.network import MDT4Rec
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -42,7 +41,7 @@ CONFIG = TrajectoryConfig(state_length=4, max_episode_steps=30)
 
 def _quit_aware(events, config=CONFIG):
     # The catalogue sorts ids, so "iNN" gets index NN: the rule's item indices are the catalogue's.
-    return build_trajectories(events, config, QuitRuleEpisodes(RULE, config.max_episode_steps, "line"))
+    return trajectories_in_memory(events, config, QuitRuleEpisodes(RULE, config.max_episode_steps, "line"))
 
 
 def test_quit_aware_episodes_never_continue_past_a_step_where_the_rule_fires():
@@ -93,14 +92,8 @@ def test_training_and_inference_build_identical_tokens_for_the_same_history():
         actions, rewards, ITEMS, 4, initial_return=100.0, exclude_seen=False, initial_item=initial_item
     )
     model = MDT4Rec(
-        ModelConfig(
-            items=ITEMS,
-            state_length=4,
-            context_steps=5,
-            item_dim=8,
-            max_return=10.0,
-            backbone=BackboneConfig(kind="tiny-gpt2", lora_dropout=0.0),
-        )
+        ModelConfig(context_steps=5, item_dim=8, backbone=BackboneConfig(kind="tiny-gpt2", lora_dropout=0.0)),
+        DataShape(items=ITEMS, state_length=4, max_timestep=30, max_return=10.0),
     ).eval()
     inference = _windows(model, [context], [t + 1], np.array([arrays.returns_to_go[start + t]]))
     for name in ("state_items", "state_feedback", "state_mask", "timesteps", "step_mask", "conditioned"):
@@ -118,12 +111,8 @@ def test_training_and_inference_build_identical_tokens_for_the_same_history():
 def test_expert_sampling_weights_the_normalised_bin_position(max_return):
     bins, kappa = 60, 10.0
     model = MDT4Rec(
-        ModelConfig(
-            items=ITEMS,
-            max_return=max_return,
-            return_bins=bins,
-            backbone=BackboneConfig(kind="tiny-gpt2", lora_dropout=0.0),
-        )
+        ModelConfig(return_bins=bins, backbone=BackboneConfig(kind="tiny-gpt2", lora_dropout=0.0)),
+        DataShape(items=ITEMS, state_length=10, max_timestep=30, max_return=max_return),
     )
     draws = torch.linspace(0, 1, 20001)[:-1]
     targets = _conditioning(

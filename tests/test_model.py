@@ -5,25 +5,25 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mdt4rec_core.model.config import BackboneConfig, ModelConfig
+from mdt4rec_core.config import BackboneConfig, DataShape, ModelConfig
+from mdt4rec_core.data.batch import TrajectoryBatch
 from mdt4rec_core.model.losses import expectile_loss, trajectory_losses
-from mdt4rec_core.model.network import MDT4Rec, TrajectoryBatch
+from mdt4rec_core.model.network import MDT4Rec
 
 ITEMS, T, N = 30, 6, 4
+SHAPE = DataShape(items=ITEMS, state_length=N, max_timestep=30, max_return=30.0)
 
 
 def _model(kind="tiny-gpt2", encoder="mean", adaptation="lora", embedding="mlp"):
     torch.manual_seed(0)
     config = ModelConfig(
-        items=ITEMS,
-        state_length=N,
         context_steps=T,
         item_dim=8,
         state_encoder=encoder,
         embedding=embedding,
         backbone=BackboneConfig(kind=kind, adaptation=adaptation, lora_dropout=0.0),
     )
-    return MDT4Rec(config).eval()
+    return MDT4Rec(config, SHAPE).eval()
 
 
 def _batch(seed=0, b=2):
@@ -121,7 +121,7 @@ def test_lora_trains_only_adapters_and_leaves_base_weights(kind, per_layer):
     base = {n: p.detach().clone() for n, p in backbone.named_parameters() if not p.requires_grad}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = _batch(1)
-    losses = trajectory_losses(model(batch), batch, model.config)
+    losses = trajectory_losses(model(batch), batch, model.config, model.shape)
     losses["total"].backward()
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:

@@ -305,7 +305,7 @@ def test_a_held_lock_is_in_the_run_log_at_once_and_fails_the_run_after_its_timeo
 
     holder = hold_writer_lock(stack.work / "store", "ml-100k")
     try:
-        result = stack.run_deployment("profile=smoke", 'overrides=["pipeline.ingest.lock_timeout_seconds=5"]')
+        result = stack.run_deployment("profile=smoke", 'overrides=["ingest.lock_timeout_seconds=5"]')
     finally:
         _stop(holder)
     assert result.returncode != 0 and "Failed" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
@@ -364,7 +364,7 @@ def test_an_unreachable_tracking_server_is_a_clear_error_and_registers_nothing(s
 
 
 def test_the_champion_is_served_by_mlflow_models_serve(stack):
-    from mdt4rec_core.config import load_pipeline_config
+    from mdt4rec_core.config import load_run_config
 
     port = _free_port()
     log = stack.logs / "serve.log"
@@ -409,7 +409,7 @@ def test_the_champion_is_served_by_mlflow_models_serve(stack):
         )
         assert refused.status_code == 400
         assert refused.json()["message"].endswith("row 1: feedback[1] is nan: feedback values must be finite numbers")
-        limit = load_pipeline_config().serving.max_users_per_request
+        limit = load_run_config().serving.max_users_per_request
         too_many = {"dataframe_records": [{"history": ["51"]}] * (limit + 1)}
         oversized = httpx.post(f"http://127.0.0.1:{port}/invocations", json=too_many, timeout=60)
         assert oversized.status_code == 400
@@ -424,8 +424,7 @@ def test_evaluations_fan_out_on_a_two_worker_dask_cluster_with_the_same_figures(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.train_mdt4rec import evaluate_all, task_runner
-    from mdt4rec_core.config import TrackingConfig
-    from mdt4rec_core.profiles import EvaluationPlan, ScaleConfig
+    from mdt4rec_core.config import EvaluationPlan, ScaleConfig, TrackingConfig
     from tasks.tracking import connect, download_model
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.tracking_uri)
@@ -446,14 +445,14 @@ def test_evaluations_fan_out_on_a_two_worker_dask_cluster_with_the_same_figures(
 
 
 def test_the_train_task_runs_under_torchrun_with_two_processes(stack, tmp_path):
-    from mdt4rec_core.profiles import load_run_plan
+    from mdt4rec_core.config import load_run_config
     from tasks.training import train_model
 
     store = stack.work / "store"
-    plan = load_run_plan(
-        "smoke", "ml-100k", ["scale.train_processes=2", "train.max_steps=4", f"pipeline.store={json.dumps(str(store))}"]
+    run = load_run_config(
+        "smoke", "ml-100k", ["scale.train_processes=2", "train.max_steps=4", f"store={json.dumps(str(store))}"]
     )
-    summary = train_model(plan, tmp_path / "ddp")
+    summary = train_model(run, tmp_path / "ddp")
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").is_file()
 
@@ -470,7 +469,7 @@ def _train_task_runs(stack: Stack, flow_run_id: str | None = None) -> list[dict]
 def test_a_run_whose_tracking_server_went_away_is_registered_by_the_next_without_training_again(stack):
     _landed_log(stack, "2026-12-02.inter", rows=300, shift_seconds=20_000_000)
     versions, trainings = len(stack.versions()), len(_train_task_runs(stack))
-    fast = ["evaluation.episodes=5", "evaluation.seeds=1", "pipeline.tracking.retries=1"]
+    fast = ["evaluation.episodes=5", "evaluation.seeds=1", "tracking.retries=1"]
     command = [str(BIN / "mdt4rec"), "pipeline", "--profile", "smoke", "-d", "ml-100k", "--json"]
     command += [part for assignment in fast for part in ("--set", assignment)]
     log = stack.logs / "pipeline-tracking-gone.log"
@@ -543,9 +542,9 @@ def _await_state(stack: Stack, flow_run_id: str, state_type: str, timeout: float
 def test_a_killed_serving_process_and_run_turn_crashed_and_free_the_slot_for_the_next_run(stack):
     import psutil
 
-    from mdt4rec_core.config import load_pipeline_config
+    from mdt4rec_core.config import load_run_config
 
-    settings = load_pipeline_config().deployment
+    settings = load_run_config().deployment
     serving = stack.deploy if stack.deploy.poll() is None else _serve(stack)
     flow_run_id = _create_run(stack, force=True)
     deadline = time.monotonic() + 300

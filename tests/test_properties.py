@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from mdt4rec_core.config import DatasetConfig, TrajectoryConfig
 from mdt4rec_core.data.ingest import plan_ingest, read_batch
 from mdt4rec_core.data.store import Store
-from mdt4rec_core.data.trajectories import build_trajectories, episode_rule
+from mdt4rec_core.data.trajectories import episode_rule, trajectories_in_memory
 
 GOOD = st.builds(
     lambda u, i, t, f: f"u{u},i{i},{1_600_000_000 + t},{f}",
@@ -84,7 +84,7 @@ def test_returns_to_go_sum_the_rest_of_each_episode(feedback, users, max_steps, 
         }
     )
     config = TrajectoryConfig(state_length=state_length, max_episode_steps=max_steps)
-    steps = build_trajectories(events, config, episode_rule(config)).steps
+    steps = trajectories_in_memory(events, config, episode_rule(config)).steps
     for (_, _), episode in steps.group_by(["user_id", "episode"]):
         episode = episode.sort("step")
         rewards = episode["reward"].to_numpy().astype(float)

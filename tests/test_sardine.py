@@ -59,12 +59,12 @@ def test_sardine_logs_command_ingests_with_row_accounting(tmp_path):
 
 
 def test_policies_run_in_sardine_environments():
-    log = sardine.run_episodes(ENV, RandomPolicy(1000), "NX_0", episodes=3, seed=0)
+    log = sardine.run_sardine_episodes(ENV, RandomPolicy(1000), "NX_0", episodes=3, seed=0)
     assert (log.lengths == 100).all()
     assert all(len(set(a.tolist())) == 100 for a in log.actions)  # NX_0 never repeats an item
-    short = sardine.run_episodes(ENV, RandomPolicy(1000), "NX_10", episodes=2, seed=0)
+    short = sardine.run_sardine_episodes(ENV, RandomPolicy(1000), "NX_10", episodes=2, seed=0)
     assert (short.lengths == 10).all() and ((short.returns >= 0) & (short.returns <= 10)).all()
-    again = sardine.run_episodes(ENV, RandomPolicy(1000), "NX_10", episodes=2, seed=0)
+    again = sardine.run_sardine_episodes(ENV, RandomPolicy(1000), "NX_10", episodes=2, seed=0)
     assert np.array_equal(short.returns, again.returns)
     assert pl.Series(short.returns).dtype == pl.Float64
 

@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from mdt4rec_core.config import BackboneConfig, DataShape, ModelConfig, SearchConfig
 from mdt4rec_core.inference.search import (
     EpisodeContext,
-    SearchConfig,
     _decide,
     candidate_lengths,
     search,
     search_one_at_a_time,
 )
-from mdt4rec_core.model.config import BackboneConfig, ModelConfig
 from mdt4rec_core.model.network import MDT4Rec
 from mdt4rec_core.model.packing import pack_suffixes
 
@@ -23,16 +22,8 @@ def _model(kind):
     """A random model whose action head uses item factors and the distance response (weights made non-zero)."""
     torch.manual_seed(1)
     model = MDT4Rec(
-        ModelConfig(
-            items=ITEMS,
-            state_length=N,
-            context_steps=K,
-            item_dim=8,
-            factor_dim=4,
-            max_return=10.0,
-            return_bins=12,
-            backbone=BackboneConfig(kind=kind, lora_dropout=0.0),
-        ),
+        ModelConfig(context_steps=K, item_dim=8, return_bins=12, backbone=BackboneConfig(kind=kind, lora_dropout=0.0)),
+        DataShape(items=ITEMS, state_length=N, max_timestep=30, max_return=10.0, factor_dim=4),
         item_factors=torch.randn(ITEMS, 4),
     )
     torch.nn.init.normal_(model.distance_weights.weight)
@@ -76,10 +67,10 @@ def test_decide_takes_the_candidate_with_the_largest_estimate_and_masks_forbidde
 @pytest.mark.parametrize(
     ("kind", "conditioning", "search_lengths", "max_batch_tokens", "decoding"),
     [
-        ("tiny-gpt2", "expectile", True, None, "argmax"),
+        ("tiny-gpt2", "max_return", True, None, "argmax"),
         ("tiny-gpt2", "expert_sample", True, 20, "sample"),  # slices of one row
         ("tiny-gpt2", "expert_sample", False, None, "argmax"),
-        ("tiny-llama", "expectile", True, 40, "sample"),
+        ("tiny-llama", "max_return", True, 40, "sample"),
         ("tiny-llama", "expert_sample", True, None, "argmax"),
         ("tiny-llama", "expert_sample", False, 4096, "sample"),
     ],

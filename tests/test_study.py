@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from mdt4rec_cli.main import app
-from mdt4rec_core.config import PipelineConfig, TrackingConfig, TrajectoryConfig, resolve_dataset
+from mdt4rec_core.config import RunConfig, TrackingConfig, TrajectoryConfig, resolve_dataset
 from mdt4rec_core.data.store import Store
 from mdt4rec_core.data.trajectories import stored_stats
 from mdt4rec_core.envs.simulator import MODE_SPECS
@@ -46,7 +46,7 @@ def smoke(tmp_path_factory):
     torch.set_num_threads(1)  # the machine is shared: one core trains faster than two contended ones
     work = tmp_path_factory.mktemp("study")
     store = work / "store"
-    pipeline = PipelineConfig(dataset="ml-100k", store=str(store), trajectories=TrajectoryConfig(cut_by="session"))
+    pipeline = RunConfig(dataset="ml-100k", store=str(store), trajectories=TrajectoryConfig(cut_by="session"))
     run_ingest(pipeline, resolve_dataset("ml-100k"))
     current = Store(store).read_json(CURRENT)
     started = time.perf_counter()

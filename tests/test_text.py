@@ -2,7 +2,7 @@
 
 import torch
 
-from mdt4rec_core.model.config import BackboneConfig, ModelConfig
+from mdt4rec_core.config import BackboneConfig, DataShape, ModelConfig
 from mdt4rec_core.model.network import MDT4Rec
 from mdt4rec_core.model.text import TEXT_DIM, item_text_embeddings
 
@@ -25,15 +25,8 @@ def test_embeddings_are_semantic_and_cached(tmp_path):
 
 def test_text_embeddings_enter_the_item_representation_frozen(tmp_path):
     embeddings = item_text_embeddings(TITLES, str(tmp_path))
-    config = ModelConfig(
-        items=3,
-        item_dim=8,
-        text_dim=TEXT_DIM,
-        context_steps=4,
-        state_length=2,
-        backbone=BackboneConfig(kind="tiny-llama"),
-    )
-    model = MDT4Rec(config, embeddings)
+    config = ModelConfig(item_dim=8, text_dim=TEXT_DIM, context_steps=4, backbone=BackboneConfig(kind="tiny-llama"))
+    model = MDT4Rec(config, DataShape(items=3, state_length=2, max_timestep=30, max_return=30.0), embeddings)
     vectors = model.item_vectors(torch.arange(4))
     assert vectors.shape == (4, 8 + TEXT_DIM)
     assert torch.equal(vectors[:3, 8:], embeddings) and not vectors[3].any()  # index 3 is padding

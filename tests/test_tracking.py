@@ -21,14 +21,15 @@ NAME = "mdt4rec"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny model trained for a few steps on MovieLens-100K."""
-    from mdt4rec_core.config import PipelineConfig, resolve_dataset
-    from mdt4rec_core.train import load_preset, train_on_store
+    from mdt4rec_core.config import RunConfig, load_run_config, resolve_dataset
+    from mdt4rec_core.train import train_on_store
     from tasks.ingest import run_ingest
 
     root = tmp_path_factory.mktemp("tracking")
     store = str(root / "store")
-    run_ingest(PipelineConfig(dataset="ml-100k", store=store), resolve_dataset("ml-100k"))
-    summary = train_on_store(store, "ml-100k", load_preset("tiny", ["train.max_steps=5"]), root / "run")
+    run_ingest(RunConfig(dataset="ml-100k", store=store), resolve_dataset("ml-100k"))
+    run = load_run_config(dataset="ml-100k", overrides=["train.max_steps=5"], preset="tiny", store=store)
+    summary = train_on_store(run, root / "run")
     return Path(summary["checkpoint"])
 
 
@@ -149,3 +150,18 @@ def test_an_unreachable_tracking_server_is_a_clear_error(monkeypatch):
     with pytest.raises(tracking.TrackingUnavailable, match=f"MLflow at http://127.0.0.1:{port} cannot be reached"):
         tracking.connect(TrackingConfig())
     assert time.perf_counter() - started < 30
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_every_key_of_a_profiles_run_config_is_a_param_of_its_run(client, profile):
+    from mdt4rec_core.config import load_run_config
+
+    run = load_run_config(profile, "ml-100k")
+    experiment = tracking.experiment_id(client, "ml-100k", TrackingConfig())
+    run_id = tracking.record_run(
+        client, experiment, "params", run, {"validation": {}}, {"history": {}}, evaluations=[], figures={}
+    )
+    params = client.get_run(run_id).data.params
+    assert params == run.params()  # every key path under its own name, nothing else
+    assert params["model.backbone.lora_r"] == str(run.model.backbone.lora_r) and params["profile"] == profile
+    assert client.get_run(run_id).data.tags["profile"] == profile

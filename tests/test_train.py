@@ -24,11 +24,11 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """MovieLens-100K from the installed package, ingested once for the module."""
-    from mdt4rec_core.config import PipelineConfig, resolve_dataset
+    from mdt4rec_core.config import RunConfig, resolve_dataset
     from tasks.ingest import run_ingest
 
     root = tmp_path_factory.mktemp("store")
-    run_ingest(PipelineConfig(dataset="ml-100k", store=str(root)), resolve_dataset("ml-100k"))
+    run_ingest(RunConfig(dataset="ml-100k", store=str(root)), resolve_dataset("ml-100k"))
     return str(root)
 
 
@@ -81,7 +81,7 @@ def test_tiny_preset_trains_and_the_checkpoint_round_trips(store, tmp_path):
     model, catalogue, metadata = load_checkpoint(tmp_path / "run" / "checkpoint")
     again, _, _ = load_checkpoint(tmp_path / "run" / "checkpoint")
     trajectories = load_trajectories(__import__("mdt4rec_core.data.store", fromlist=["Store"]).Store(store), "ml-100k")
-    arrays = episode_arrays(trajectories.steps, model.config.state_length, catalogue.height)
+    arrays = episode_arrays(trajectories.steps, model.shape.state_length, catalogue.height)
     batch = collate(arrays, np.arange(4), np.minimum(arrays.lengths[:4] - 1, 7), model.config.context_steps, "left")
     with torch.no_grad():
         first, second = model(batch), again(batch)
@@ -172,7 +172,8 @@ def test_bad_checkpoints_and_requests_are_clear_errors(store, tmp_path):
     with pytest.raises(InputError, match="history is empty"):
         recommend(checkpoint, [], None, 5)
     config = json.loads((checkpoint / "config.json").read_text())
-    (checkpoint / "config.json").write_text(json.dumps({**config, "item_dim": config["item_dim"] * 2}))
+    wider = {**config, "model": {**config["model"], "item_dim": config["model"]["item_dim"] * 2}}
+    (checkpoint / "config.json").write_text(json.dumps(wider))
     with pytest.raises(InputError, match="config.json does not match model.safetensors"):
         load_checkpoint(checkpoint)
     (checkpoint / "config.json").write_text(json.dumps(config))
@@ -182,6 +183,24 @@ def test_bad_checkpoints_and_requests_are_clear_errors(store, tmp_path):
     (checkpoint / "model.safetensors").unlink()
     result = mdt4rec("recommend", "--checkpoint", str(checkpoint), "--history", "1,2", "--json")
     assert result.returncode == 2 and "model.safetensors missing" in result.stderr
+
+
+def test_a_checkpoint_written_with_the_sizes_among_the_model_settings_still_loads(store, tmp_path):
+    from mdt4rec_core.model.checkpoint import RUN_CONFIG, checkpoint_search, read_run_config
+
+    run = tmp_path / "run"
+    train_tiny(store, run, 2, "--set", "search.kappa=4")
+    checkpoint = run / "checkpoint"
+    assert read_run_config(checkpoint).search.kappa == 4 == checkpoint_search(checkpoint).kappa
+    model, _, _ = load_checkpoint(checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    flat = {**config["model"], **config["shape"]}  # the layout of config.json before it held {model, shape}
+    del flat["item_factors"]
+    (checkpoint / "config.json").write_text(json.dumps(flat))
+    (checkpoint / RUN_CONFIG).unlink()
+    old, _, _ = load_checkpoint(checkpoint)
+    assert old.config == model.config and old.shape == model.shape
+    assert read_run_config(checkpoint) is None and checkpoint_search(checkpoint).kappa == 10.0  # the default
 
 
 def test_a_checkpoint_is_a_policy_in_the_simulator(store, tmp_path):

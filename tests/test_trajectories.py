@@ -8,7 +8,7 @@ import pytest
 
 from mdt4rec_core.config import TrajectoryConfig
 from mdt4rec_core.data.episodes import SessionRule
-from mdt4rec_core.data.trajectories import build_trajectories, current_version, episode_rule, trailing_windows
+from mdt4rec_core.data.trajectories import current_version, episode_rule, trailing_windows, trajectories_in_memory
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
@@ -40,7 +40,7 @@ def test_steps_states_rewards_and_returns_by_hand():
         ]
     )
     config = TrajectoryConfig(state_length=2, max_episode_steps=3)
-    result = build_trajectories(events, config, episode_rule(config))
+    result = trajectories_in_memory(events, config, episode_rule(config))
     steps = result.steps
     index = dict(zip(result.catalogue["item_id"], result.catalogue["index"], strict=True))
     assert result.catalogue["item_id"].to_list() == ["x1", "x2", "x3", "x4", "x5"]
@@ -64,7 +64,7 @@ def test_steps_states_rewards_and_returns_by_hand():
 def test_state_keeps_only_the_last_n_of_the_episode():
     events = _events([("a", f"x{k}", k, 1) for k in range(6)])
     config = TrajectoryConfig(state_length=3, max_episode_steps=30)
-    steps = build_trajectories(events, config, episode_rule(config)).steps
+    steps = trajectories_in_memory(events, config, episode_rule(config)).steps
     assert steps["state_items"].to_list()[-1] == [2, 3, 4]
     assert steps["reward"].to_list() == [1.0] * 6  # equal feedback everywhere: every logged event counts fully
 
@@ -72,7 +72,7 @@ def test_state_keeps_only_the_last_n_of_the_episode():
 def test_session_gap_starts_a_new_episode():
     events = _events([("a", "x1", 0, 1), ("a", "x2", 60, 2), ("a", "x3", 4000, 3), ("a", "x4", 4010, 4)])
     rule = SessionRule(max_steps=30, gap_seconds=3600)
-    steps = build_trajectories(events, TrajectoryConfig(), rule).steps
+    steps = trajectories_in_memory(events, TrajectoryConfig(), rule).steps
     assert steps["episode"].to_list() == [0, 0, 1, 1]
     assert steps["step"].to_list() == [0, 1, 0, 1]
 
@@ -104,7 +104,6 @@ def test_version_changes_with_data_and_config_only(ingest, tmp_path):
 
 
 def test_bucketed_build_equals_the_whole_build(ingest, tmp_path):
-    from mdt4rec_core.config import resolve_dataset
     from mdt4rec_core.data.trajectories import build_bucket, load_trajectories, plan_trajectories
 
     log = tmp_path / "log.csv"
@@ -114,7 +113,7 @@ def test_bucketed_build_equals_the_whole_build(ingest, tmp_path):
     whole = load_trajectories(store, "log")
     assert whole is not None and whole.stats.steps == summary["steps"] == 120
     config = TrajectoryConfig(max_episode_steps=4, state_length=3)
-    plan = plan_trajectories(store, resolve_dataset("log", str(log), "csv"), config, max_rows_per_bucket=25)
+    plan = plan_trajectories(store, "log", config, episode_rule(config), max_rows_per_bucket=25)
     assert plan.buckets == 5 and plan.version == summary["trajectory_version"]
     parts = pl.concat([build_bucket(store, plan, b) for b in range(plan.buckets)])
     order = ["user_id", "episode", "step"]

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from mdt4rec_core.config import TrajectoryConfig
-from mdt4rec_core.data.trajectories import build_trajectories, episode_rule
+from mdt4rec_core.data.trajectories import episode_rule, trajectories_in_memory
 from tasks.validation import ValidationFailed, validate_interactions, validate_trajectories
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -58,7 +58,7 @@ def test_interaction_suite_catches_duplicates_negatives_nulls_and_future_events(
 
 def _trajectories():
     config = TrajectoryConfig(state_length=3, max_episode_steps=5)
-    return build_trajectories(_events(), config, episode_rule(config)), config
+    return trajectories_in_memory(_events(), config, episode_rule(config)), config
 
 
 def test_built_trajectories_pass(tmp_path):

@@ -51,7 +51,3 @@ TRAJECTORY_SCHEMA: dict[str, pl.DataType] = {
     "done": pl.Boolean(),  # true on the last step of the episode
 }
 """One row per step of an offline episode."""
-
-
-def empty_quarantine() -> pl.DataFrame:
-    return pl.DataFrame(schema=QUARANTINE_SCHEMA)

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from mdt4rec_core.config import DatasetConfig, TrajectoryConfig, check_dataset_name
+from mdt4rec_core.config import TrajectoryConfig, check_dataset_name
 from mdt4rec_core.data.catalogue import held_out, item_catalogue
 from mdt4rec_core.data.episodes import EpisodeRule, SessionRule, position_since, user_starts
 from mdt4rec_core.data.item_factors import factorise_items
@@ -26,7 +26,7 @@ from mdt4rec_core.data.schema import FEEDBACK, ITEM_ID, TIMESTAMP, TRAJECTORY_SC
 from mdt4rec_core.data.store import Store
 from mdt4rec_core.errors import InputError
 
-BUILDER_VERSION = 2
+TRAJECTORY_BUILDER_VERSION = 2
 """Bumped whenever the builder's output changes for the same inputs."""
 
 
@@ -96,36 +96,21 @@ def trailing_windows(values: pl.Series, lengths: np.ndarray, block_rows: int = 1
 
 
 def episode_rule(config: TrajectoryConfig) -> EpisodeRule:
-    """The session rule of ``config`` (the quit-rule cut needs a stored environment: see ``stored_episode_rule``)."""
+    """The session rule of ``config`` (the rule a stored dataset's build cuts by, a simulator's quit rule included,
+    comes from ``envs.episodes.stored_episode_rule``)."""
     return SessionRule(max_steps=config.max_episode_steps, gap_seconds=config.session_gap_seconds)
 
 
-def stored_episode_rule(store: Store, dataset: DatasetConfig, config: TrajectoryConfig) -> EpisodeRule:
-    """``config.cut_by``: ``session``, or ``quit_rule`` (the quit rule of the dataset's environment under
-    ``config.quit_rule_protocol`` or else ``config.protocol``, built or reused from the store); ``auto`` is
-    ``quit_rule`` for a dataset with a simulator."""
-    cut_by = config.cut_by
-    if cut_by == "auto":
-        cut_by = "session" if dataset.environment is None else "quit_rule"
-    if cut_by == "session":
-        return episode_rule(config)
-    # Imported here: the simulator (and torch with it) is only needed when episodes are cut by its quit rule.
-    from mdt4rec_core.envs.build import build_or_load
-    from mdt4rec_core.envs.episodes import QuitRuleEpisodes
-
-    environment, _ = build_or_load(store, dataset, config.quit_rule_protocol or config.protocol)
-    return QuitRuleEpisodes(environment.quit_rule, config.max_episode_steps, environment.info.version)
-
-
-def build_trajectories(interactions: pl.DataFrame, config: TrajectoryConfig, rule: EpisodeRule) -> TrajectorySet:
-    """All steps of ``interactions`` in memory, with the catalogue and feedback range taken from them."""
+def trajectories_in_memory(interactions: pl.DataFrame, config: TrajectoryConfig, rule: EpisodeRule) -> TrajectorySet:
+    """All steps of ``interactions`` in memory, with the catalogue and feedback range taken from them (a stored
+    dataset is built bucket by bucket instead: ``plan_trajectories``, ``build_bucket``)."""
     if interactions.height == 0:
         raise InputError("no interactions to build trajectories from")
     catalogue = item_catalogue(interactions[ITEM_ID])
     low, high = float(interactions[FEEDBACK].min()), float(interactions[FEEDBACK].max())
     steps = make_steps(interactions, config, rule, catalogue, low, high)
     factors = logged_item_factors(steps, catalogue.height, config.item_factors)
-    return TrajectorySet(steps, catalogue, summarise([steps], "", catalogue.height, low, high), factors)
+    return TrajectorySet(steps, catalogue, trajectory_stats([steps], "", catalogue.height, low, high), factors)
 
 
 def logged_item_factors(steps: pl.DataFrame, items: int, dim: int) -> np.ndarray:
@@ -202,7 +187,7 @@ def make_steps(
     )
 
 
-def summarise(parts: list[pl.DataFrame], version: str, items: int, low: float, high: float) -> TrajectoryStats:
+def trajectory_stats(parts: list[pl.DataFrame], version: str, items: int, low: float, high: float) -> TrajectoryStats:
     """Stats of a build from its bucket parts (users never span buckets)."""
     return TrajectoryStats(
         version=version,
@@ -225,7 +210,7 @@ def trajectory_version(store: Store, dataset: str, config: TrajectoryConfig, rul
         # stays out of the hash (sets built before the setting existed keep their version).
         "config": config.model_dump(exclude={"quit_rule_protocol"}),
         "rule": rule.fingerprint(),
-        "builder": BUILDER_VERSION,
+        "builder": TRAJECTORY_BUILDER_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -235,17 +220,17 @@ def trajectory_dir(dataset: str, version: str) -> str:
 
 
 def plan_trajectories(
-    store: Store, dataset: DatasetConfig, config: TrajectoryConfig, max_rows_per_bucket: int = 4_000_000
+    store: Store, dataset: str, config: TrajectoryConfig, rule: EpisodeRule, max_rows_per_bucket: int = 4_000_000
 ) -> TrajectoryPlan | None:
-    """The build plan for the store's current snapshot of ``dataset`` (None while nothing is stored).
+    """The build plan for the store's current snapshot of ``dataset`` with episodes cut by ``rule`` (None while
+    nothing is stored).
 
     The catalogue and feedback range cover every stored event; under the strict protocol the steps leave out the
     users it holds out for evaluation.
     """
-    scan = store.scan_interactions(dataset.name)
+    scan = store.scan_interactions(dataset)
     if scan is None:
         return None
-    rule = stored_episode_rule(store, dataset, config)
     rows, low, high = (
         scan.select(pl.len().alias("rows"), pl.col(FEEDBACK).min().alias("low"), pl.col(FEEDBACK).max().alias("high"))
         .collect()
@@ -253,8 +238,8 @@ def plan_trajectories(
     )
     catalogue = item_catalogue(scan.select(pl.col(ITEM_ID).unique()).collect()[ITEM_ID])
     return TrajectoryPlan(
-        dataset=dataset.name,
-        version=trajectory_version(store, dataset.name, config, rule),
+        dataset=dataset,
+        version=trajectory_version(store, dataset, config, rule),
         config=config,
         rule=rule,
         catalogue=catalogue,

@@ -13,8 +13,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from mdt4rec_core.data.batch import TrajectoryBatch
 from mdt4rec_core.data.schema import USER_ID
-from mdt4rec_core.model.network import TrajectoryBatch
 
 PaddingSide = Literal["left", "right"]
 

@@ -6,13 +6,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from mdt4rec_core.config import load_dataset_config
+from mdt4rec_core.config import MODES, PROTOCOLS, Mode, Protocol, load_dataset_config
 from mdt4rec_core.data.store import Store
 from mdt4rec_core.envs import sardine
-from mdt4rec_core.envs.build import PROTOCOLS, Environment, Protocol, build_or_load
-from mdt4rec_core.envs.evaluation import evaluate
+from mdt4rec_core.envs.build import Environment, build_or_load
+from mdt4rec_core.envs.evaluation import evaluate_in_simulator
 from mdt4rec_core.envs.policies import Policy, PopularityPolicy, RandomPolicy
-from mdt4rec_core.envs.simulator import MODES, Mode
 from mdt4rec_core.errors import InputError
 
 POLICIES = ("random", "popularity")
@@ -30,7 +29,7 @@ def build_env(store_uri: str, dataset: str, protocol: Protocol) -> dict:
 def make_policy(name: str, environment: Environment) -> Policy:
     """``random``, ``popularity`` or ``checkpoint:<folder>`` (a trained model with stitched inference)."""
     if name.startswith(CHECKPOINT):
-        from mdt4rec_core.inference.policy import CheckpointPolicy
+        from mdt4rec_core.envs.checkpoint_policy import CheckpointPolicy
 
         return CheckpointPolicy(Path(name.removeprefix(CHECKPOINT)), environment.catalogue)
     if name == "random":
@@ -55,7 +54,7 @@ def evaluate_policy(
         return _evaluate_in_sardine(store_uri, dataset.removeprefix(sardine.PREFIX), policy, mode, episodes, seeds)
     environment, built = build_or_load(Store(store_uri), load_dataset_config(dataset), protocol)
     chosen = make_policy(policy, environment)
-    summary = evaluate(
+    summary = evaluate_in_simulator(
         environment.rewards,
         environment.quit_rule,
         mode,
@@ -85,7 +84,7 @@ def _evaluate_in_sardine(store_uri: str, env_id: str, policy: str, mode: Mode, e
         chosen = RandomPolicy(sardine.items_of(env_id))
     else:
         chosen = PopularityPolicy(sardine.item_counts(Store(store_uri), env_id))
-    summary = sardine.evaluate(env_id, chosen, mode, episodes, list(range(seeds)))
+    summary = sardine.evaluate_in_sardine(env_id, chosen, mode, episodes, list(range(seeds)))
     _add_length_histogram(summary, chosen)
     return {"env": sardine.PREFIX + env_id, "policy": policy, "protocol": "sardine", **summary}
 
@@ -93,7 +92,7 @@ def _evaluate_in_sardine(store_uri: str, env_id: str, policy: str, mode: Mode, e
 def _sardine_checkpoint_policy(store: Store, env_id: str, checkpoint: Path) -> Policy:
     """A checkpoint trained on the stored logs of ``env_id``, speaking SARDINE's item ids."""
     from mdt4rec_core.data.trajectories import load_trajectories
-    from mdt4rec_core.inference.policy import CheckpointPolicy
+    from mdt4rec_core.envs.checkpoint_policy import CheckpointPolicy
 
     trajectories = load_trajectories(store, sardine.dataset_name(env_id))
     if trajectories is None:

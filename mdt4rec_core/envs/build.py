@@ -21,23 +21,20 @@ import io
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 import polars as pl
 import torch
 
-from mdt4rec_core.config import DatasetConfig, EnvironmentSpec
+from mdt4rec_core.config import PROTOCOLS, DatasetConfig, EnvironmentSpec, FactorisationConfig, Protocol
 from mdt4rec_core.data.catalogue import HELD_OUT_FRACTION, held_out, item_catalogue
 from mdt4rec_core.data.schema import FEEDBACK, ITEM_ID, USER_ID
 from mdt4rec_core.data.store import Store
-from mdt4rec_core.envs.ground_truth import FactorisationConfig, factorise
+from mdt4rec_core.envs.ground_truth import factorise
 from mdt4rec_core.envs.quit_rules import DistanceQuit, QuitRule, RepeatQuit
 from mdt4rec_core.errors import InputError
 
-Protocol = Literal["paper", "strict"]
-PROTOCOLS: tuple[Protocol, ...] = ("paper", "strict")
-BUILDER_VERSION = 2
+ENVIRONMENT_BUILDER_VERSION = 2
 DEFAULT_RECIPE = FactorisationConfig()
 
 
@@ -92,8 +89,8 @@ def environment_version(store: Store, dataset: DatasetConfig, protocol: Protocol
         "snapshot": snapshot,
         "protocol": protocol,
         "spec": simulator_spec(dataset).model_dump(),
-        "recipe": asdict(recipe),
-        "builder": BUILDER_VERSION,
+        "recipe": recipe.model_dump(),
+        "builder": ENVIRONMENT_BUILDER_VERSION,
         "held_out": HELD_OUT_FRACTION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

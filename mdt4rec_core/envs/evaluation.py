@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mdt4rec_core.config import Mode
 from mdt4rec_core.envs.policies import Policy
 from mdt4rec_core.envs.quit_rules import QuitRule
-from mdt4rec_core.envs.simulator import BatchedEnv, Mode
+from mdt4rec_core.envs.simulator import BatchedEnv
 
 _T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -76,7 +77,7 @@ def seed_ci95(per_seed: list[float]) -> float:
     return float(t * np.std(per_seed, ddof=1) / math.sqrt(len(per_seed)))
 
 
-def evaluate(
+def evaluate_in_simulator(
     rewards: np.ndarray,
     quit_rule: QuitRule,
     mode: Mode,
@@ -88,10 +89,10 @@ def evaluate(
     """Run ``episodes`` episodes per seed and summarise them (JSON-ready)."""
     started = time.perf_counter()
     logs = [run_episodes(rewards, quit_rule, mode, policy, start_users, episodes, seed) for seed in seeds]
-    return summarise(logs, mode, time.perf_counter() - started)
+    return summarise_episodes(logs, mode, time.perf_counter() - started)
 
 
-def summarise(logs: list[EpisodeLog], mode: str, seconds: float) -> dict:
+def summarise_episodes(logs: list[EpisodeLog], mode: str, seconds: float) -> dict:
     """R_cumu, Length and R_avg with their intervals over the episodes of ``logs`` (one log per seed)."""
     returns = np.concatenate([log.returns for log in logs])
     lengths = np.concatenate([log.lengths for log in logs])

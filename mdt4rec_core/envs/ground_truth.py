@@ -13,19 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class FactorisationConfig:
-    factors: int = 6
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    batch_size: int = 128
-    epochs: int = 80
-    train_fraction: float = 0.9
-    seed: int = 42
-    init_std: float = 1.0  # N(0, 1), torch.nn.Embedding's default: reproduces the published distance percentiles
-    clip_min: float = 0.0
-    clip_max: float = 5.0
+from mdt4rec_core.config import FactorisationConfig
 
 
 @dataclass(frozen=True)

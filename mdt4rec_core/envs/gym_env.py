@@ -8,8 +8,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from mdt4rec_core.config import Mode
 from mdt4rec_core.envs.quit_rules import QuitRule
-from mdt4rec_core.envs.simulator import MODE_SPECS, BatchedEnv, Mode
+from mdt4rec_core.envs.simulator import MODE_SPECS, BatchedEnv
 
 
 class RecommendationEnv(gym.Env):

@@ -15,10 +15,11 @@ import gymnasium as gym
 import numpy as np
 import polars as pl
 
+from mdt4rec_core.config import Mode
 from mdt4rec_core.data.store import Store
-from mdt4rec_core.envs.evaluation import EpisodeLog, summarise
+from mdt4rec_core.envs.evaluation import EpisodeLog, summarise_episodes
 from mdt4rec_core.envs.policies import Policy
-from mdt4rec_core.envs.simulator import MODE_SPECS, Mode, Observation
+from mdt4rec_core.envs.simulator import MODE_SPECS, Observation
 from mdt4rec_core.errors import InputError
 
 PREFIX = "sardine:"
@@ -53,7 +54,7 @@ def item_counts(store: Store, env_id: str) -> np.ndarray:
     return np.bincount(items, minlength=items_of(env_id))
 
 
-def run_episodes(env_id: str, policy: Policy, mode: Mode, episodes: int, seed: int) -> EpisodeLog:
+def run_sardine_episodes(env_id: str, policy: Policy, mode: Mode, episodes: int, seed: int) -> EpisodeLog:
     """``episodes`` episodes stepped side by side; the policy is called once per step for all of them."""
     spec = MODE_SPECS[mode]
     envs = [make_env(env_id) for _ in range(episodes)]
@@ -118,10 +119,10 @@ class CatalogueMappedPolicy:
         return self.to_env[self.inner.act(translated, rng)]
 
 
-def evaluate(env_id: str, policy: Policy, mode: Mode, episodes: int, seeds: list[int]) -> dict:
+def evaluate_in_sardine(env_id: str, policy: Policy, mode: Mode, episodes: int, seeds: list[int]) -> dict:
     started = time.perf_counter()
-    logs = [run_episodes(env_id, policy, mode, episodes, seed) for seed in seeds]
-    return summarise(logs, mode, time.perf_counter() - started)
+    logs = [run_sardine_episodes(env_id, policy, mode, episodes, seed) for seed in seeds]
+    return summarise_episodes(logs, mode, time.perf_counter() - started)
 
 
 def land_log(store: Store, env_id: str, users: int, epsilon: float, seed: int) -> str:

@@ -15,14 +15,11 @@ In the masked modes an episode also ends once every item of the catalogue has be
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from mdt4rec_core.config import MODES, Mode
 from mdt4rec_core.envs.quit_rules import NO_ITEM, QuitRule
-
-Mode = Literal["FB", "NX_0", "NX_10"]
-MODES: tuple[Mode, ...] = ("FB", "NX_0", "NX_10")
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mdt4rec_core.config import SearchConfig
 from mdt4rec_core.data.trajectories import normalised_rewards
 from mdt4rec_core.errors import InputError
-from mdt4rec_core.inference.search import EpisodeContext, SearchConfig, search
-from mdt4rec_core.model.checkpoint import load_checkpoint
-
-DEFAULT_SEARCH = SearchConfig()
+from mdt4rec_core.inference.search import EpisodeContext, search
+from mdt4rec_core.model.checkpoint import checkpoint_search, load_checkpoint
 
 
 def context_from_history(
@@ -68,12 +67,13 @@ def checked_feedback(values: list) -> np.ndarray:
 class Recommender:
     """A checkpoint loaded once, answering recommendation requests (the command line and the MLflow model)."""
 
-    def __init__(self, checkpoint: Path, config: SearchConfig = DEFAULT_SEARCH):
+    def __init__(self, checkpoint: Path, config: SearchConfig | None = None):
+        """``config``: the search settings (default: those of the run that trained the checkpoint)."""
         self.model, self.catalogue, metadata = load_checkpoint(checkpoint)
         self.index = dict(zip(self.catalogue["item_id"].to_list(), self.catalogue["index"].to_list(), strict=True))
         self.ids = self.catalogue["item_id"].to_numpy()
         self.low, self.high = metadata["feedback_min"], metadata["feedback_max"]
-        self.config = config
+        self.config = config or checkpoint_search(checkpoint)
 
     def recommend(self, history: list[str], feedback: list[float] | None, k: int, exclude_seen: bool = True) -> dict:
         """Top-``k`` items for a user whose episode so far is ``history`` (item ids) with raw ``feedback``
@@ -91,16 +91,16 @@ class Recommender:
                 f"unknown item id {unknown[0]!r} (not in the checkpoint's catalogue of {len(self.index):,} items)"
             )
         rewards = normalised_rewards(raw, self.low, self.high)
-        config = self.model.config
+        shape = self.model.shape
         context = context_from_history(
             np.array([self.index[i] for i in history]),
             rewards.astype(np.float32),
-            config.items,
-            config.state_length,
-            config.max_return,
+            shape.items,
+            shape.state_length,
+            shape.max_return,
             exclude_seen,
         )
-        decision = search(self.model, [context], SearchConfig(**{**self.config.__dict__, "top_k": k}))[0]
+        decision = search(self.model, [context], self.config.model_copy(update={"top_k": k}))[0]
         return {
             "items": self.ids[decision.items].tolist(),
             "chosen_history_length": decision.chosen_length,
@@ -114,7 +114,7 @@ def recommend(
     history: list[str],
     feedback: list[float] | None,
     k: int,
-    config: SearchConfig = DEFAULT_SEARCH,
+    config: SearchConfig | None = None,
     exclude_seen: bool = True,
 ) -> dict:
     """One request against ``checkpoint`` (see ``Recommender.recommend``)."""

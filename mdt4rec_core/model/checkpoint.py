@@ -1,6 +1,7 @@
 """Checkpoints: ``model.safetensors`` (every weight but the frozen pre-trained backbone weights) beside
-``config.json`` (the ModelConfig) and ``catalogue.parquet`` (item ids in index order). Loading rebuilds the network
-from the config, reloads the frozen backbone from its source, and unpickles nothing."""
+``config.json`` (the network's ModelConfig and DataShape), ``catalogue.parquet`` (item ids in index order),
+``metadata.json`` (the training data) and ``run_config.json`` (the resolved RunConfig that trained it). Loading
+rebuilds the network from config.json, reloads the frozen backbone from its source, and unpickles nothing."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mdt4rec_core.config import DataShape, ModelConfig, RunConfig, SearchConfig
 from mdt4rec_core.errors import InputError
-from mdt4rec_core.model.config import ModelConfig
 from mdt4rec_core.model.network import MDT4Rec
 
 WEIGHTS, CONFIG, CATALOGUE, METADATA = "model.safetensors", "config.json", "catalogue.parquet", "metadata.json"
+RUN_CONFIG = "run_config.json"
+SHAPE_KEYS = ("items", "state_length", "max_timestep", "max_return", "factor_dim")
+"""Keys of a DataShape that checkpoints written before config.json held {model, shape} kept among the model's."""
 
 
 def saved_state(model: MDT4Rec) -> dict[str, torch.Tensor]:
@@ -33,13 +37,15 @@ def saved_state(model: MDT4Rec) -> dict[str, torch.Tensor]:
     return {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items() if name in keep}
 
 
-def save_checkpoint(model: MDT4Rec, catalogue: pl.DataFrame, folder: Path, metadata: dict) -> None:
+def save_checkpoint(model: MDT4Rec, catalogue: pl.DataFrame, folder: Path, metadata: dict, run: RunConfig) -> None:
     """Write the files into ``folder`` (each to a temporary name, then renamed). ``metadata``: what serving needs
-    to know about the training data (feedback range, dataset, trajectory version)."""
+    to know about the training data (feedback range, dataset, trajectory version); ``run``: what trained it."""
     folder.mkdir(parents=True, exist_ok=True)
+    network = {"model": model.config.model_dump(mode="json"), "shape": model.shape.model_dump(mode="json")}
     _atomic(folder / METADATA, lambda path: path.write_text(json.dumps(metadata, indent=2)))
+    _atomic(folder / RUN_CONFIG, lambda path: path.write_text(run.model_dump_json(indent=2)))
     _atomic(folder / WEIGHTS, lambda path: save_file(saved_state(model), str(path)))
-    _atomic(folder / CONFIG, lambda path: path.write_text(model.config.model_dump_json(indent=2)))
+    _atomic(folder / CONFIG, lambda path: path.write_text(json.dumps(network, indent=2)))
     _atomic(folder / CATALOGUE, lambda path: catalogue.write_parquet(path))
 
 
@@ -49,10 +55,27 @@ def load_checkpoint(folder: Path) -> tuple[MDT4Rec, pl.DataFrame, dict]:
     for name in (WEIGHTS, CONFIG, CATALOGUE, METADATA):
         if not (folder / name).is_file():
             raise InputError(f"{folder}: not a checkpoint folder ({name} missing)")
-    config = _read_config(folder / CONFIG)
-    catalogue = _read_catalogue(folder / CATALOGUE, config.items)
+    config, shape = _read_config(folder / CONFIG)
+    catalogue = _read_catalogue(folder / CATALOGUE, shape.items)
     metadata = _read_metadata(folder / METADATA)
-    return _read_model(folder, config).eval(), catalogue, metadata
+    return _read_model(folder, config, shape).eval(), catalogue, metadata
+
+
+def read_run_config(folder: Path) -> RunConfig | None:
+    """The RunConfig that trained the checkpoint in ``folder``; None for a checkpoint written without one."""
+    path = folder / RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        return RunConfig.model_validate(_read_json(path))
+    except ValidationError as exc:
+        raise _damaged(path, f"not a valid run configuration ({exc.error_count()} errors)") from None
+
+
+def checkpoint_search(folder: Path) -> SearchConfig:
+    """The search settings of the run that trained the checkpoint in ``folder`` (the defaults for one without)."""
+    run = read_run_config(folder)
+    return run.search if run is not None else SearchConfig()
 
 
 def _damaged(path: Path, problem: str) -> InputError:
@@ -66,12 +89,16 @@ def _read_json(path: Path):
         raise _damaged(path, f"not valid JSON ({exc.__class__.__name__})") from None
 
 
-def _read_config(path: Path) -> ModelConfig:
+def _read_config(path: Path) -> tuple[ModelConfig, DataShape]:
     data = _read_json(path)
+    if isinstance(data, dict) and "shape" not in data:  # written with the sizes among the model's settings
+        model = {key: value for key, value in data.items() if key not in SHAPE_KEYS}
+        model["item_factors"] = bool(data.get("factor_dim"))
+        data = {"model": model, "shape": {key: data[key] for key in SHAPE_KEYS if key in data}}
     try:
-        return ModelConfig.model_validate(data)
-    except ValidationError as exc:
-        raise _damaged(path, f"not a valid model configuration ({exc.error_count()} errors)") from None
+        return ModelConfig.model_validate(data["model"]), DataShape.model_validate(data["shape"])
+    except (ValidationError, KeyError, TypeError) as exc:
+        raise _damaged(path, f"not a valid model configuration ({exc.__class__.__name__})") from None
 
 
 def _read_catalogue(path: Path, items: int) -> pl.DataFrame:
@@ -105,13 +132,14 @@ def _read_metadata(path: Path) -> dict:
     return metadata
 
 
-def _read_model(folder: Path, config: ModelConfig) -> MDT4Rec:
-    """The network of ``config`` with the weights of ``model.safetensors``; they must match key by key."""
+def _read_model(folder: Path, config: ModelConfig, shape: DataShape) -> MDT4Rec:
+    """The network of ``config`` and ``shape`` with the weights of ``model.safetensors``; they must match key by
+    key."""
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise _damaged(folder / WEIGHTS, f"unreadable weights ({exc})") from None
-    model = MDT4Rec(config)
+    model = MDT4Rec(config, shape)
     expected = saved_state(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
+from mdt4rec_core.config import BackboneConfig
 from mdt4rec_core.model.backbone import smollm2_folder
-from mdt4rec_core.model.config import BackboneConfig
 
 
 @dataclass(frozen=True)

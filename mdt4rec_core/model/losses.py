@@ -31,8 +31,9 @@ def return_bins(returns: torch.Tensor, max_return: float, bins: int) -> torch.Te
     return scaled.clamp(max=bins - 1)
 
 
-def trajectory_losses(output, batch, config) -> dict[str, torch.Tensor]:
-    """The trajectory part of the MDT4Rec loss for a ModelOutput and its TrajectoryBatch under a ModelConfig.
+def trajectory_losses(output, batch, config, shape) -> dict[str, torch.Tensor]:
+    """The trajectory part of the MDT4Rec loss for a ModelOutput and its TrajectoryBatch under a ModelConfig and the
+    DataShape the network was sized by.
 
     Returns ``action`` (cross-entropy of the logged action, read from R_t, over every window), ``max_return``
     (expectile regression of the max-return head, read from s_t, towards R_t) and ``return_bin`` (cross-entropy of
@@ -41,16 +42,16 @@ def trajectory_losses(output, batch, config) -> dict[str, torch.Tensor]:
     (weighted as in ``config.loss``; the language-model term is added by the trainer).
     """
     mask = batch.step_mask
-    action = masked_cross_entropy(output.action_logits, batch.actions.clamp(max=config.items - 1), mask)
+    action = masked_cross_entropy(output.action_logits, batch.actions.clamp(max=shape.items - 1), mask)
     head_mask = mask & ~batch.conditioned[:, None]
-    scale = config.max_return  # regress in [0, 1] units, so the term's size does not depend on episode length
+    scale = shape.max_return  # regress in [0, 1] units, so the term's size does not depend on episode length
     if head_mask.any():
         max_return = expectile_loss(
             batch.returns_to_go[head_mask] / scale, output.max_return[head_mask] / scale, config.loss.expectile
         )
     else:
         max_return = output.max_return.sum() * 0.0
-    bins = return_bins(batch.returns_to_go, config.max_return, config.return_bins)
+    bins = return_bins(batch.returns_to_go, shape.max_return, config.return_bins)
     return_bin = masked_cross_entropy(output.return_bin_logits, bins, head_mask)
     total = action + config.loss.max_weight * max_return + config.loss.bin_weight * return_bin
     return {"action": action, "max_return": max_return, "return_bin": return_bin, "total": total}

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mdt4rec_core.config import DataShape, ModelConfig
+from mdt4rec_core.data.batch import TrajectoryBatch
 from mdt4rec_core.model.backbone import Backbone
-from mdt4rec_core.model.config import TOKENS_PER_STEP, ModelConfig
 from mdt4rec_core.model.embeddings import ResidualMLP, StateEncoder, token_embedding
-from mdt4rec_core.model.packing import pack_suffixes
+from mdt4rec_core.model.packing import TOKENS_PER_STEP, pack_suffixes
 
 DISTANCE_KNOTS = (0.5, 1.0, 1.5)
 """Knots of the piecewise-linear distance response, in units of the item factors' RMS norm (1)."""
@@ -47,30 +48,10 @@ def nearest_acted_distance(
 
 
 @dataclass
-class TrajectoryBatch:
-    """One batch of windows. Padding steps have ``step_mask`` false; padding items use index ``items`` (I).
-
-    ``state_items`` (B, T, N) long, ``state_feedback`` (B, T, N) float, ``state_mask`` (B, T, N) bool,
-    ``returns_to_go`` (B, T) float, ``actions`` (B, T) long, ``timesteps`` (B, T) long, ``step_mask`` (B, T) bool,
-    ``conditioned`` (B,) bool: the window's R tokens carry its returns-to-go (false: every R token is the learned
-    "no target" token, the input the max-return and return-bin heads are read from at inference).
-    """
-
-    state_items: torch.Tensor
-    state_feedback: torch.Tensor
-    state_mask: torch.Tensor
-    returns_to_go: torch.Tensor
-    actions: torch.Tensor
-    timesteps: torch.Tensor
-    step_mask: torch.Tensor
-    conditioned: torch.Tensor
-
-
-@dataclass
 class ModelOutput:
     """``action_logits`` (B, T, I) from R_t; ``max_return`` (B, T) (in return units) and ``return_bin_logits``
     (B, T, bins) from s_t. Returns-to-go enter and the max-return head leaves the network scaled by
-    ``config.max_return``, so both live in [0, 1]."""
+    ``shape.max_return``, so both live in [0, 1]."""
 
     action_logits: torch.Tensor
     max_return: torch.Tensor
@@ -91,37 +72,42 @@ class DecisionOutput:
 
 class MDT4Rec(nn.Module):
     def __init__(
-        self, config: ModelConfig, item_text: torch.Tensor | None = None, item_factors: torch.Tensor | None = None
+        self,
+        config: ModelConfig,
+        shape: DataShape,
+        item_text: torch.Tensor | None = None,
+        item_factors: torch.Tensor | None = None,
     ):
-        """``item_text`` (I, text_dim): frozen text embeddings of the items when ``config.text_dim`` > 0;
-        ``item_factors`` (I, factor_dim): frozen item vectors factorised from the training logs when
-        ``config.factor_dim`` > 0. Both are left out when a checkpoint's weights, which hold them, are loaded next."""
+        """``config`` the hyper-parameters, ``shape`` the sizes taken from the data. ``item_text`` (I, text_dim):
+        frozen text embeddings of the items when ``config.text_dim`` > 0; ``item_factors`` (I, factor_dim): frozen
+        item vectors factorised from the training logs when ``shape.factor_dim`` > 0. Both are left out when a
+        checkpoint's weights, which hold them, are loaded next."""
         super().__init__()
-        self.config = config
-        frozen = (("item_text", item_text, config.text_dim), ("item_factors", item_factors, config.factor_dim))
+        self.config, self.shape = config, shape
+        frozen = (("item_text", item_text, config.text_dim), ("item_factors", item_factors, shape.factor_dim))
         for name, given, dim in frozen:
-            if given is not None and tuple(given.shape) != (config.items, dim):
-                raise ValueError(f"{name} must have shape ({config.items}, {dim})")
-            table = torch.zeros(config.items + 1, dim)  # the padding item's row stays zero
+            if given is not None and tuple(given.shape) != (shape.items, dim):
+                raise ValueError(f"{name} must have shape ({shape.items}, {dim})")
+            table = torch.zeros(shape.items + 1, dim)  # the padding item's row stays zero
             if given is not None:
-                table[: config.items] = given
+                table[: shape.items] = given
             self.register_buffer(name, table)
         self.backbone = Backbone(config.backbone, max_positions=TOKENS_PER_STEP * config.context_steps)
-        width, item_width = self.backbone.hidden_size, config.item_dim + config.text_dim + config.factor_dim
-        self.item_ids = nn.Embedding(config.items + 1, config.item_dim, padding_idx=config.items)
+        width, item_width = self.backbone.hidden_size, config.item_dim + config.text_dim + shape.factor_dim
+        self.item_ids = nn.Embedding(shape.items + 1, config.item_dim, padding_idx=shape.items)
         nn.init.normal_(self.item_ids.weight, std=0.02)
         with torch.no_grad():
-            self.item_ids.weight[config.items].zero_()
-        self.item_bias = nn.Parameter(torch.zeros(config.items))
-        self.state_encoder = StateEncoder(config.state_encoder, item_width, config.state_length)
+            self.item_ids.weight[shape.items].zero_()
+        self.item_bias = nn.Parameter(torch.zeros(shape.items))
+        self.state_encoder = StateEncoder(config.state_encoder, item_width, shape.state_length)
         self.embed_state = token_embedding(config.embedding, item_width, width)
         self.embed_return = token_embedding(config.embedding, 1, width)
         self.no_return = nn.Parameter(torch.randn(width) * 0.02)
         self.embed_action = token_embedding(config.embedding, item_width, width)
-        self.embed_timestep = nn.Embedding(config.max_timestep + 1, width)
+        self.embed_timestep = nn.Embedding(shape.max_timestep + 1, width)
         self.norm = nn.LayerNorm(width)
         self.action_head = ResidualMLP(width, item_width)
-        if config.distance_head and config.factor_dim:
+        if config.distance_head and shape.factor_dim:
             # Per R_t: weights of the piecewise-linear response to an item's distance from what was acted on.
             self.distance_weights = nn.Linear(width, 1 + len(DISTANCE_KNOTS))
             nn.init.zeros_(self.distance_weights.weight)
@@ -137,12 +123,12 @@ class MDT4Rec(nn.Module):
         """Per step, before the LayerNorm: state tokens (B, T, H), action tokens (B, T, H) and the timestep
         embedding (B, T, H) that R tokens add to their own."""
         states = self.state_encoder(self.item_vectors(batch.state_items), batch.state_feedback, batch.state_mask)
-        time = self.embed_timestep(batch.timesteps.clamp(max=self.config.max_timestep))
+        time = self.embed_timestep(batch.timesteps.clamp(max=self.shape.max_timestep))
         return self.embed_state(states) + time, self.embed_action(self.item_vectors(batch.actions)) + time, time
 
     def _return_embedding(self, returns: torch.Tensor, conditioned: torch.Tensor) -> torch.Tensor:
         """(...,) returns-to-go and (...,) bool -> (..., H): the embedded return, or the "no target" token."""
-        embedded = self.embed_return((returns / self.config.max_return).unsqueeze(-1))
+        embedded = self.embed_return((returns / self.shape.max_return).unsqueeze(-1))
         return torch.where(conditioned.unsqueeze(-1), embedded, self.no_return.to(embedded.dtype))
 
     def _tokens(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -157,7 +143,7 @@ class MDT4Rec(nn.Module):
         return self.norm(tokens), token_mask, positions
 
     def _catalogue(self, device: torch.device) -> torch.Tensor:
-        return self.item_vectors(torch.arange(self.config.items, device=device))
+        return self.item_vectors(torch.arange(self.shape.items, device=device))
 
     def _action_logits(self, return_hidden: torch.Tensor, distance: torch.Tensor | None) -> torch.Tensor:
         """(..., H) hidden states of R tokens -> (..., I) scores of every catalogue item: similarity to the head's
@@ -194,11 +180,11 @@ class MDT4Rec(nn.Module):
             batch.state_items[:, steps][real], batch.state_mask[:, steps][real], batch.timesteps[:, steps][real]
         )
         logits = self._action_logits(return_hidden[real], distance)
-        action_logits = logits.new_zeros(*real.shape, self.config.items)
+        action_logits = logits.new_zeros(*real.shape, self.shape.items)
         action_logits[real] = logits
         return ModelOutput(
             action_logits=action_logits,
-            max_return=self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return,
+            max_return=self.max_return_head(state_hidden).squeeze(-1) * self.shape.max_return,
             return_bin_logits=self.return_bin_head(state_hidden),
         )
 
@@ -249,12 +235,12 @@ class MDT4Rec(nn.Module):
             hidden = run(running, True)
         else:
             state_hidden = run(running, False)[packed.state_slot]
-            max_return = self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return
+            max_return = self.max_return_head(state_hidden).squeeze(-1) * self.shape.max_return
             target = condition(max_return, self.return_bin_head(state_hidden))
             hidden = run(running + (target - current)[packed.candidate], True)
         if condition is None:
             state_hidden = hidden[packed.state_slot]
-            max_return = self.max_return_head(state_hidden).squeeze(-1) * self.config.max_return
+            max_return = self.max_return_head(state_hidden).squeeze(-1) * self.shape.max_return
         distance = self._acted_distance(batch.state_items[:, -1], batch.state_mask[:, -1], batch.timesteps[:, -1])
         if distance is not None:
             distance = distance.repeat_interleave(per_user, dim=0)  # every candidate of a user shares its state

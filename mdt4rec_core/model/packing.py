@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mdt4rec_core.model.config import TOKENS_PER_STEP
+TOKENS_PER_STEP = 3
+"""Tokens per trajectory step: state s_t, return-to-go R_t, action a_t, in that order."""
+
 
 _PADDING = -1
 

@@ -1,4 +1,4 @@
-"""Typed configuration of the MDT4Rec network and its losses."""
+"""Settings of the network, its losses and its training; and the sizes the network takes from the data."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mdt4rec_core.config import StrictModel
-
-TOKENS_PER_STEP = 3  # per trajectory step: state s_t, return-to-go R_t, action a_t, in that order
+from mdt4rec_core.config.base import StrictModel
 
 
 class BackboneConfig(StrictModel):
@@ -45,26 +43,57 @@ class LossConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """The network. ``items``: catalogue size; ``state_length``: recent items per state (N); ``context_steps``: K
-    steps per window; ``max_return``: the largest return-to-go (returns are binned over [0, max_return])."""
+    """The network's hyper-parameters. ``context_steps``: K steps per window; returns-to-go are binned into
+    ``return_bins`` over [0, max_return]. What the network takes from the data is a ``DataShape``."""
 
-    items: int = Field(..., ge=1)
-    state_length: int = Field(10, ge=1)
     context_steps: int = Field(20, ge=1)
-    max_timestep: int = Field(30, ge=1)
-    max_return: float = Field(30.0, gt=0)
     return_bins: int = Field(60, ge=2)
     item_dim: int = Field(64, ge=4)
     text_dim: int = Field(0, ge=0, description="width of frozen item text embeddings concatenated to ids (0: none)")
-    factor_dim: int = Field(
-        0, ge=0, description="width of the frozen item vectors factorised from the training logs (0: none)"
+    item_factors: bool = Field(
+        True, description="concatenate the frozen item vectors factorised from the training logs to the item ids"
     )
     distance_head: bool = Field(
         True,
         description="the action head also scores each item by its distance (in the log-factor space) to the items "
-        "already acted on in the episode, with weights read from R_t (needs factor_dim > 0)",
+        "already acted on in the episode, with weights read from R_t (needs item_factors)",
     )
     embedding: Literal["mlp", "linear"] = "mlp"
     state_encoder: Literal["mean", "gru", "sasrec"] = "mean"
     backbone: BackboneConfig = BackboneConfig()
     loss: LossConfig = LossConfig()
+
+
+class DataShape(StrictModel):
+    """The sizes the network takes from its trajectory set: ``items`` the catalogue size; ``state_length`` N, the
+    recent items per state (``trajectories.state_length`` of the set); ``max_timestep`` the longest episode;
+    ``max_return`` the largest return-to-go; ``factor_dim`` the width of the set's item vectors the network reads
+    (0: none)."""
+
+    items: int = Field(..., ge=1)
+    state_length: int = Field(..., ge=1)
+    max_timestep: int = Field(..., ge=1)
+    max_return: float = Field(..., gt=0)
+    factor_dim: int = Field(0, ge=0)
+
+
+class TrainConfig(StrictModel):
+    batch_size: int = Field(32, ge=1)
+    max_steps: int = Field(1000, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(0.25, gt=0)
+    new_parameters_lr_scale: float = Field(
+        3.0, gt=0, description="learning-rate factor of the parameters outside the backbone (embeddings, heads)"
+    )
+    unconditioned_fraction: float = Field(
+        0.5, ge=0, lt=1, description="share of windows without returns-to-go (they train the max-return heads)"
+    )
+    padding_side: Literal["left", "right"] = "left"
+    validation_fraction: float = Field(0.05, ge=0, lt=1)
+    validate_every: int = Field(100, ge=1)
+    validation_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    text_batch_size: int = Field(8, ge=1, description="item texts per step for the language-model term")
+    seed: int = 0

@@ -1,5 +1,6 @@
-"""A trained checkpoint as a simulator policy: each step, the episodes' histories become search contexts and the
-stitched decision's first item is recommended. The chosen history lengths are counted for the histogram users want."""
+"""A trained checkpoint as a simulator policy (the ``Policy`` protocol of ``policies``): each step, the episodes'
+histories become search contexts (``inference.recommend.context_from_history``) and the stitched decision's first
+item is recommended. The chosen history lengths are counted for the histogram users want."""
 
 from __future__ import annotations
 
@@ -9,19 +10,21 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mdt4rec_core.config import SearchConfig
 from mdt4rec_core.data.trajectories import normalised_rewards
 from mdt4rec_core.envs.simulator import Observation
 from mdt4rec_core.errors import InputError
-from mdt4rec_core.inference.recommend import DEFAULT_SEARCH, context_from_history
-from mdt4rec_core.inference.search import SearchConfig, search
-from mdt4rec_core.model.checkpoint import load_checkpoint
+from mdt4rec_core.inference.recommend import context_from_history
+from mdt4rec_core.inference.search import search
+from mdt4rec_core.model.checkpoint import checkpoint_search, load_checkpoint
 
 
 class CheckpointPolicy:
     """``environment_catalogue`` must list the same item ids in the same order as the checkpoint's; rewards seen in
-    the simulator are normalised with the training data's feedback range."""
+    the simulator are normalised with the training data's feedback range; ``config``: the search settings (default:
+    those of the run that trained the checkpoint)."""
 
-    def __init__(self, checkpoint: Path, environment_catalogue: pl.DataFrame, config: SearchConfig = DEFAULT_SEARCH):
+    def __init__(self, checkpoint: Path, environment_catalogue: pl.DataFrame, config: SearchConfig | None = None):
         self.model, catalogue, metadata = load_checkpoint(checkpoint)
         if catalogue["item_id"].to_list() != environment_catalogue["item_id"].to_list():
             raise InputError(
@@ -29,7 +32,7 @@ class CheckpointPolicy:
                 f"environment's ({environment_catalogue.height:,}); train on the same dataset snapshot"
             )
         self.low, self.high = metadata["feedback_min"], metadata["feedback_max"]
-        self.config = config
+        self.config = config or checkpoint_search(checkpoint)
         self.chosen_lengths: Counter[int] = Counter()
 
     def act(self, observation: Observation, rng: np.random.Generator) -> np.ndarray:
@@ -41,9 +44,9 @@ class CheckpointPolicy:
             context = context_from_history(
                 observation.history[row, :steps],
                 rewards.astype(np.float32),
-                self.model.config.items,
-                self.model.config.state_length,
-                self.model.config.max_return,
+                self.model.shape.items,
+                self.model.shape.state_length,
+                self.model.shape.max_return,
                 exclude_seen=False,
                 initial_item=int(observation.initial_items[row]) if observation.initial_items[row] >= 0 else None,
             )
@@ -51,7 +54,7 @@ class CheckpointPolicy:
                 context.forbidden = ~observation.allowed[row]
             contexts.append(context)
         decisions = search(
-            self.model, contexts, SearchConfig(**{**self.config.__dict__, "top_k": 1}), seed=int(rng.integers(2**31))
+            self.model, contexts, self.config.model_copy(update={"top_k": 1}), seed=int(rng.integers(2**31))
         )
         self.chosen_lengths.update(d.chosen_length for d in decisions)
         return np.array([int(d.items[0]) for d in decisions])

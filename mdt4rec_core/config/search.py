@@ -1,0 +1,30 @@
+"""Settings of the stitched search at inference (``mdt4rec_core/inference/search.py``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mdt4rec_core.config.base import StrictModel
+
+
+class SearchConfig(StrictModel):
+    """How a trained model chooses: over the candidate history lengths (``search``) or on the full history (the
+    "-Max" ablation, conditioned on the running return), on which return-to-go, and how an item is drawn."""
+
+    delta: int = Field(2, ge=1, description="candidate history lengths are every delta-th suffix of the window")
+    conditioning: Literal["max_return", "expert_sample"] = Field(
+        "max_return",
+        description="max_return: condition on the max-return head's estimate (EDT's default); expert_sample: on a "
+        "draw from the return bins tilted by exp(kappa r)",
+    )
+    kappa: float = Field(10.0, ge=0, description="expert weight on the normalised bin position r in [0, 1]")
+    top_k: int = Field(10, ge=1, description="items returned per decision")
+    search: bool = Field(True, description="false: the -Max ablation (full history, no search)")
+    decoding: Literal["argmax", "sample"] = "argmax"
+    sample_from: int = Field(50, ge=1, description="sample: draw among the best this many items")
+    temperature: float = Field(1.0, gt=0, description="sample: softmax temperature of the draw")
+    max_batch_tokens: int | None = Field(
+        4096, ge=1, description="each pass runs its packed rows in slices of at most this many tokens"
+    )
