@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from mdt4rec_core.config import ReaderFormat, load_run_config, resolve_dataset
-from tasks.ingest import TASK_STEPS, run_ingest
+from mdt4rec_core.config import ReaderFormat, load_run_config
+from tasks.ingest import TASK_STEPS, dataset_to_ingest, run_ingest
 
 
 @flow(name="ingest-logs", log_prints=True)
@@ -19,12 +19,13 @@ def ingest_logs(
     format: ReaderFormat | None = None,
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Ingest ``dataset`` (conf/datasets/<name>.yaml, or ``format`` files at ``source``) into ``store``.
+    """Ingest ``dataset`` (conf/datasets/<name>.yaml, or ``format`` files at ``source``) and the new files dropped in
+    ``<landing>/<dataset>/`` into ``store``.
 
     ``overrides`` are ``key.path=value`` assignments on the run configuration (e.g. trajectories.state_length=20).
     """
     config = load_run_config(dataset=dataset, overrides=list(overrides or []), store=store)
-    summary = run_ingest(config, resolve_dataset(dataset, source, format), TASK_STEPS)
+    summary = run_ingest(config, dataset_to_ingest(config, source, format), TASK_STEPS)
     create_markdown_artifact(
         markdown=ingest_summary_markdown(summary),
         key=f"ingest-{_slug(dataset)}",

@@ -1,13 +1,19 @@
 """``mdt4rec``: the pipeline's operations by hand. Heavy libraries are imported inside the commands so that
 ``mdt4rec --help`` stays fast. Every command that produces figures prints them as one JSON object on its last line
-with ``--json``. Bad input exits with status 2 and a one-line ``error:`` message naming the cause."""
+with ``--json`` (strict JSON: a value that is not a finite number is ``null``). Bad input exits with status 2 and a
+one-line ``error:`` message naming the cause. Output is plain text, without progress bars, when stderr is not a
+terminal."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -47,8 +53,20 @@ def _run(
         raise typer.Exit(2) from None
     render(result)
     if as_json:
-        print(json.dumps(result, default=str))
+        print(json.dumps(json_ready(result), default=str, allow_nan=False))
     return result
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, infinity) replaced by None, at any depth: JSON has no
+    NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value
 
 
 def _render_ingest(summary: dict[str, Any]) -> None:
@@ -88,14 +106,15 @@ def ingest(
     overrides: list[str] | None = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Ingest new raw logs into the store and build the trajectory set (the ingest-logs chain, without Prefect)."""
+    """Ingest new raw logs (the dataset's files, then those dropped in <landing>/<dataset>/, as the pipeline does) into
+    the store and build the trajectory set (the ingest-logs chain, without Prefect)."""
 
     def command() -> dict[str, Any]:
-        from mdt4rec_core.config import load_run_config, resolve_dataset
-        from tasks.ingest import run_ingest
+        from mdt4rec_core.config import load_run_config
+        from tasks.ingest import dataset_to_ingest, run_ingest
 
         config = load_run_config(dataset=dataset, overrides=list(overrides or []), store=store)
-        return run_ingest(config, resolve_dataset(dataset, source, _format(format)))
+        return run_ingest(config, dataset_to_ingest(config, source, _format(format)))
 
     _run(command, as_json, _render_ingest)
 
@@ -164,19 +183,58 @@ def pipeline(
         from mdt4rec_core.config import load_run_config
 
         load_run_config(profile, dataset, list(overrides or []))  # bad input fails here, before Prefect starts
+        check_prefect_api()
+        _hide_temporary_server_stop()
         return train_mdt4rec(profile=profile, dataset=dataset, overrides=list(overrides or []), force=force)
 
     def render(r: dict[str, Any]) -> None:
         from tasks.reporting import summary_markdown
 
-        console.print(summary_markdown(r), markup=False, highlight=False, soft_wrap=True)
         uri = r.get("tracking_uri")
         if uri:
             console.print(f"checkpoint: {r['training']['checkpoint']}", markup=False, soft_wrap=True)
-            ui = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+            ui = f"{mlflow_command()} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
             console.print(f"open the MLflow UI: {ui}  (then http://127.0.0.1:5000)", markup=False, soft_wrap=True)
+        console.print(summary_markdown(r).rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
 
     _run(command, as_json, render)
+
+
+def check_prefect_api() -> None:
+    """With a Prefect API configured (PREFECT_API_URL), an InputError naming it unless it answers its health check;
+    without one, flows run on a temporary local API."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    from mdt4rec_core.errors import InputError
+
+    url = get_current_settings().api.url
+    if not url:
+        return
+    with get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+    if failure is not None:
+        reason = re.sub(r"^\[Errno -?\d+\] ", "", str(failure)) or type(failure).__name__
+        raise InputError(
+            f"the Prefect API at {url} (PREFECT_API_URL) cannot be reached ({reason}): start it "
+            "(prefect server start) or point PREFECT_API_URL at a running one"
+        )
+
+
+def _hide_temporary_server_stop() -> None:
+    """Drop the line Prefect logs when it stops its temporary local API at exit, after the run's summary."""
+    logging.getLogger("prefect").addFilter(
+        lambda record: not record.getMessage().startswith("Stopping temporary server")
+    )
+
+
+def mlflow_command() -> str:
+    """The mlflow of the environment this command runs in: ``.venv/bin/mlflow`` (relative to the working folder when
+    it lies below it, else absolute), or ``<python> -m mlflow`` when that environment has no mlflow script."""
+    script = Path(os.path.abspath(Path(sys.executable).parent / "mlflow"))
+    if not script.is_file():
+        return f"{sys.executable} -m mlflow"
+    return str(script.relative_to(Path.cwd())) if script.is_relative_to(Path.cwd()) else str(script)
 
 
 @app.command()
@@ -186,11 +244,14 @@ def deploy(
     cron: str | None = typer.Option(None, "--cron", help="Schedule (default: deployment.cron in conf/pipeline.yaml)."),
     timezone: str | None = typer.Option(None, "--timezone", help="Timezone of the schedule (default: UTC)."),
 ) -> None:
-    """Serve the train-mdt4rec/nightly deployment from this process (needs PREFECT_API_URL). Stopping it (SIGTERM)
-    stops its runs and leaves the schedule active; runs wait for the next serving process or a worker. Its runs send
-    heartbeats, and the automations that end runs whose process died are created or updated on the server."""
+    """Serve the dataset's deployment of train-mdt4rec from this process (needs PREFECT_API_URL):
+    train-mdt4rec/nightly for ml-1m, train-mdt4rec/nightly-<dataset> for any other. Stopping it (SIGTERM) stops its
+    runs and leaves the schedule active; runs wait for the next serving process or a worker. Its runs send
+    heartbeats, and the deployment's automations that end runs whose process died are created or updated on the
+    server."""
 
     def command() -> dict[str, Any]:
+        from prefect import serve
         from prefect.schedules import Cron
 
         from flows.train_mdt4rec import train_mdt4rec
@@ -200,17 +261,19 @@ def deploy(
 
         if not os.environ.get("PREFECT_API_URL"):
             raise InputError("PREFECT_API_URL is not set: start `prefect server start` and point at its /api")
+        check_prefect_api()
         settings = load_run_config(profile, dataset).deployment
-        send_heartbeats(settings)
-        install_automations(process_loss_automations(train_mdt4rec.name, settings))
-        train_mdt4rec.serve(
-            name=settings.name,
+        deployment = train_mdt4rec.to_deployment(
+            name=settings.name_for(dataset),
             schedules=[Cron(cron or settings.cron, timezone=timezone or settings.timezone)],
             parameters={"profile": profile, "dataset": dataset},
-            global_limit=1,
-            pause_on_shutdown=False,
+            concurrency_limit=1,
         )
-        return {"deployment": f"train-mdt4rec/{settings.name}", "stopped": True}
+        name = f"{train_mdt4rec.name}/{deployment.name}"
+        send_heartbeats(settings)
+        install_automations(process_loss_automations(name, deployment.apply(), settings))
+        serve(deployment, pause_on_shutdown=False)
+        return {"deployment": name, "stopped": True}
 
     _run(command, False, lambda r: console.print(f"{r['deployment']}: serving process stopped"))
 
@@ -237,12 +300,17 @@ def _tracking():
 
 
 def _alias_command(move, as_json: bool) -> None:
+    """Run ``move`` on the registry: refused when there is none, one error line when its server does not answer."""
+
     def command() -> dict[str, Any]:
         from mdt4rec_core.config import load_run_config
 
         settings = load_run_config().tracking
-        client = _tracking().connect(settings)
-        return {"model": settings.model_name, **move(client, settings.model_name)}
+        tracking = _tracking()
+        check_registry_exists(tracking.tracking_uri(settings))
+        client = tracking.connect(settings)
+        with tracking.server_answering(client, settings, "the alias may not have moved: run the command again"):
+            return {"model": settings.model_name, **move(client, settings.model_name)}
 
     def render(r: dict[str, Any]) -> None:
         console.print(f"{r['model']}@champion -> version {r['champion']} (was {r['previous']})")
@@ -404,6 +472,60 @@ def recommend(
     _run(command, as_json, render)
 
 
+@app.command()
+def score(
+    checkpoint: str = typer.Option(
+        ...,
+        "--checkpoint",
+        help="A checkpoint folder, or a registered version: models:/mdt4rec@champion, models:/mdt4rec/3 "
+        "(MLFLOW_TRACKING_URI, else ./mlflow.db).",
+    ),
+    users: str = typer.Option(
+        "all",
+        "--users",
+        help="all, or a file of user ids: .parquet or .csv with a user_id column, else one id per line. Ids with "
+        "no stored event are skipped and reported.",
+    ),
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        help="A Parquet file for the recommendations (default: the store, recommendations/dataset=<d>/model=<m>/).",
+    ),
+    k: int = typer.Option(10, "-k", help="Items per user."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", "-d", help="Whose stored logs give the histories (default: the model's training dataset)."
+    ),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Recommend the top-k items to many users at once from their most recent stored events (one batched search per
+    chunk of users); every item a user acted on is left out."""
+
+    def command() -> dict[str, Any]:
+        from mdt4rec_core.config import load_run_config
+        from tasks import scoring
+
+        config = load_run_config(store=store)
+        scored = scoring.score_users(checkpoint, users, k, config.store, dataset, config.tracking)
+        return scoring.save_to_file(scored, out) if out else scoring.save_to_store(scored)
+
+    def render(r: dict[str, Any]) -> None:
+        from tasks.scoring import skipped_lines
+
+        for line in skipped_lines(r):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"scored {r['users_scored']:,} users of {r['dataset']} with {r['model']} (k {r['k']}, histories of up to "
+            f"{r['history_length']} steps): {r['rows']:,} rows in {r['seconds']} s ({r['users_per_second']} "
+            f"users/s) -> {r['out']}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    _run(command, as_json, render)
+
+
 StudySetOption = typer.Option(
     None, "--set", help="Override a budget key: --set episodes=100, --set arms=[random,mdt4rec]"
 )
@@ -471,6 +593,19 @@ def study(
     _run(command, as_json, render)
 
 
+def check_registry_exists(uri: str) -> None:
+    """An InputError when the registry at ``uri`` is a sqlite file that does not exist: MLflow would create an empty
+    one instead of finding the pipeline's."""
+    from mdt4rec_core.errors import InputError
+
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if path is not None and not Path(path).is_file():
+        raise InputError(
+            f"no model registry: {path} does not exist; run from the folder that holds the pipeline's mlflow.db "
+            "or set MLFLOW_TRACKING_URI"
+        )
+
+
 def _format(value: str | None):
     from typing import get_args
 
@@ -484,4 +619,6 @@ def _format(value: str | None):
 
 def main() -> None:  # pragma: no cover - console entry point
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm's progress bars (MLflow artifacts, GGUF conversion)
     app()

@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import polars as pl
 import torch
 import torch.distributed as dist
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mdt4rec_core.config import DataShape, ModelConfig, RunConfig, TrainConfig, flatten_keys
@@ -49,6 +51,19 @@ class TrainingData:
     corpus: TextCorpus | None = None  # item texts for the language-model term (pre-trained backbones only)
     item_text: torch.Tensor | None = None  # (I, text_dim) frozen item text embeddings when the model uses them
     item_factors: torch.Tensor | None = None  # (I, factor_dim) frozen item vectors from the logs when it uses them
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What the loop reports after each optimisation step (rank 0 only): the step reached out of ``max_steps``, the
+    step's metrics by name (``train_loss``; after a validation also ``validation_loss`` and
+    ``validation_action_ce``), the training windows per second so far and the wall-clock time (Unix seconds)."""
+
+    step: int
+    max_steps: int
+    metrics: dict[str, float]
+    windows_per_second: float
+    time: float
 
 
 def data_shape(steps: pl.DataFrame, items: int, factor_dim: int) -> DataShape:
@@ -103,9 +118,10 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train(run: RunConfig, data: TrainingData, out: Path) -> dict:
+def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[StepReport], None] | None = None) -> dict:
     """Train ``run.model`` with ``run.train`` (or resume training in ``out``) and return the run's summary
-    (JSON-ready); checkpoints keep ``run`` beside the weights."""
+    (JSON-ready); checkpoints keep ``run`` beside the weights. ``progress``, when given, receives a StepReport after
+    every step."""
     model_config, config = run.model, run.train
     rank, world = _distributed()
     torch.manual_seed(config.seed)
@@ -121,8 +137,8 @@ def train(run: RunConfig, data: TrainingData, out: Path) -> dict:
         start, history = _resume(model, optimizer, scheduler, out, data.metadata, config.max_steps)
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     started, windows = time.perf_counter(), 0
-    with _progress(rank) as progress:
-        task = progress.add_task("train", total=config.max_steps, completed=start, loss=float("nan"), rate=0.0)
+    with _progress_bar(rank) as bar:
+        task = bar.add_task("train", total=config.max_steps, completed=start, loss=float("nan"), rate=0.0)
         for step in range(start, config.max_steps):
             model.train()
             rng = np.random.default_rng([config.seed, rank, step])
@@ -154,7 +170,7 @@ def train(run: RunConfig, data: TrainingData, out: Path) -> dict:
             windows += config.batch_size
             history["train_loss"].append([step + 1, loss])
             rate = windows / (time.perf_counter() - started)
-            progress.update(task, advance=1, loss=loss, rate=rate)
+            bar.update(task, advance=1, loss=loss, rate=rate)
             last = step + 1 == config.max_steps
             if rank == 0 and ((step + 1) % config.validate_every == 0 or last) and len(data.validation_episodes):
                 validation = validation_losses(model, data, model_config, config, device)
@@ -162,6 +178,8 @@ def train(run: RunConfig, data: TrainingData, out: Path) -> dict:
                 history["validation_action_ce"].append([step + 1, validation["action"]])
             if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or last):
                 _save(model, optimizer, scheduler, data, run, out, step + 1, history)
+            if rank == 0 and progress is not None:
+                progress(StepReport(step + 1, config.max_steps, _values_at(history, step + 1), rate, time.time()))
     seconds = time.perf_counter() - started
     if world > 1:
         dist.barrier()
@@ -184,6 +202,11 @@ def train(run: RunConfig, data: TrainingData, out: Path) -> dict:
         "world_size": world,
         "history": history,
     }
+
+
+def _values_at(history: dict[str, list], step: int) -> dict[str, float]:
+    """The values ``history`` recorded at ``step``, by name."""
+    return {name: points[-1][1] for name, points in history.items() if points and points[-1][0] == step}
 
 
 def _validation_batches(data: TrainingData, model_config: ModelConfig, config: TrainConfig):
@@ -317,7 +340,8 @@ def _to(batch, device):
     return batch
 
 
-def _progress(rank: int) -> Progress:
+def _progress_bar(rank: int) -> Progress:
+    """A progress bar for rank 0 on a terminal (none in a log file or a captured stream)."""
     return Progress(
         TextColumn("[bold]train"),
         BarColumn(),
@@ -325,25 +349,27 @@ def _progress(rank: int) -> Progress:
         TextColumn("loss {task.fields[loss]:.4f}"),
         TextColumn("{task.fields[rate]:.1f} windows/s"),
         TimeElapsedColumn(),
-        disable=rank != 0,
+        disable=rank != 0 or not Console().is_terminal,
         transient=False,
     )
 
 
-def train_on_store(run: RunConfig, out: Path) -> dict:
-    """Train on the current trajectory set of ``run.dataset`` in ``run.store``."""
+def train_on_store(run: RunConfig, out: Path, progress: Callable[[StepReport], None] | None = None) -> dict:
+    """Train on the current trajectory set of ``run.dataset`` in ``run.store`` (``progress``: see ``train``)."""
     from mdt4rec_core.data.store import Store
     from mdt4rec_core.data.trajectories import load_trajectories
 
     trajectories = load_trajectories(Store(run.store), run.dataset)
     if trajectories is None:
         raise InputError(f"dataset {run.dataset!r} has no trajectories in {run.store}: run mdt4rec ingest first")
-    return train_on_trajectories(run, trajectories, out)
+    return train_on_trajectories(run, trajectories, out, progress)
 
 
-def train_on_trajectories(run: RunConfig, trajectories, out: Path) -> dict:
+def train_on_trajectories(
+    run: RunConfig, trajectories, out: Path, progress: Callable[[StepReport], None] | None = None
+) -> dict:
     """Train on ``trajectories`` (a TrajectorySet of ``run.dataset``; its item table in ``run.store``, when stored,
-    gives item texts)."""
+    gives item texts; ``progress``: see ``train``)."""
     from mdt4rec_core.data.store import Store
 
     stats = trajectories.stats
@@ -371,7 +397,7 @@ def train_on_trajectories(run: RunConfig, trajectories, out: Path) -> dict:
             pl.coalesce("text", "item_id")
         )
         data = replace(data, item_text=item_text_embeddings(texts.to_series().to_list(), run.model.backbone.cache_dir))
-    return {"dataset": run.dataset, "trajectory_version": stats.version, **train(run, data, out)}
+    return {"dataset": run.dataset, "trajectory_version": stats.version, **train(run, data, out, progress)}
 
 
 def main(argv: list[str] | None = None) -> int:

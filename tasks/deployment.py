@@ -2,9 +2,10 @@
 
 * Flow runs started by the serving process send a heartbeat event every ``deployment.heartbeat_seconds``
   (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, set for the serving process and so inherited by its flow-run children).
-* Two automations on the Prefect server act on runs whose process is gone: a run that sent no heartbeat for
-  ``deployment.crash_after_seconds`` is set Crashed, and a cancelled run that did not finish cancelling within that
-  time is set Cancelled. Either state change releases the deployment's concurrency slot at once.
+* Two automations per deployment on the Prefect server act on its runs whose process is gone: a run that sent no
+  heartbeat for ``deployment.crash_after_seconds`` is set Crashed, and a cancelled run that did not finish
+  cancelling within that time is set Cancelled. Either state change releases the deployment's concurrency slot at
+  once.
 * A flow-run process whose parent (the serving process or a worker) died terminates itself (:func:`exit_with_parent`).
 """
 
@@ -16,6 +17,7 @@ import signal
 import threading
 import time
 from datetime import timedelta
+from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
@@ -40,13 +42,16 @@ def send_heartbeats(settings: DeploymentConfig) -> None:
     os.environ[HEARTBEAT_SETTING] = str(settings.heartbeat_seconds)
 
 
-def _trigger(flow_name: str, after: str, expect: set[str], within: int) -> EventTrigger:
-    """A proactive trigger that fires for a run of ``flow_name`` when ``after`` is not followed by ``expect``."""
+def _trigger(deployment_id: UUID, after: str, expect: set[str], within: int) -> EventTrigger:
+    """A proactive trigger that fires for a run of the deployment ``deployment_id`` when ``after`` is not followed
+    by ``expect`` (heartbeats and state changes both name the run's deployment by its id)."""
     return EventTrigger(
         after={after},
         expect=expect,
         match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
-        match_related=ResourceSpecification({"prefect.resource.role": "flow", "prefect.resource.name": flow_name}),
+        match_related=ResourceSpecification(
+            {"prefect.resource.role": "deployment", "prefect.resource.id": f"prefect.deployment.{deployment_id}"}
+        ),
         for_each={"prefect.resource.id"},
         posture=Posture.Proactive,
         threshold=1,
@@ -54,22 +59,22 @@ def _trigger(flow_name: str, after: str, expect: set[str], within: int) -> Event
     )
 
 
-def process_loss_automations(flow_name: str, settings: DeploymentConfig) -> list[AutomationCore]:
-    """The automations that end runs of ``flow_name`` whose process is gone: silent ones turn Crashed, stuck
-    cancellations turn Cancelled."""
+def process_loss_automations(deployment: str, deployment_id: UUID, settings: DeploymentConfig) -> list[AutomationCore]:
+    """The automations that end runs of the deployment ``deployment`` (``<flow>/<name>``, its id ``deployment_id``)
+    whose process is gone: silent ones turn Crashed, stuck cancellations turn Cancelled."""
     within = settings.crash_after_seconds
     crashed = AutomationCore(
-        name=f"{flow_name}: crash runs without heartbeats",
-        description=f"A run of {flow_name} that sent no heartbeat for {within} s lost its process.",
-        trigger=_trigger(flow_name, HEARTBEAT_EVENT, {HEARTBEAT_EVENT, *FINAL_EVENTS}, within),
+        name=f"{deployment}: crash runs without heartbeats",
+        description=f"A run of {deployment} that sent no heartbeat for {within} s lost its process.",
+        trigger=_trigger(deployment_id, HEARTBEAT_EVENT, {HEARTBEAT_EVENT, *FINAL_EVENTS}, within),
         actions=[
             ChangeFlowRunState(state=StateType.CRASHED, message=f"No heartbeat for {within} s: the process is gone.")
         ],
     )
     cancelled = AutomationCore(
-        name=f"{flow_name}: finish stuck cancellations",
-        description=f"A run of {flow_name} still cancelling after {within} s has no process left to stop.",
-        trigger=_trigger(flow_name, "prefect.flow-run.Cancelling", FINAL_EVENTS, within),
+        name=f"{deployment}: finish stuck cancellations",
+        description=f"A run of {deployment} still cancelling after {within} s has no process left to stop.",
+        trigger=_trigger(deployment_id, "prefect.flow-run.Cancelling", FINAL_EVENTS, within),
         actions=[
             ChangeFlowRunState(
                 state=StateType.CANCELLED, message=f"Still cancelling after {within} s: the process is gone."
@@ -79,9 +84,18 @@ def process_loss_automations(flow_name: str, settings: DeploymentConfig) -> list
     return [crashed, cancelled]
 
 
+FLOW_WIDE_AUTOMATIONS = ("train-mdt4rec: crash runs without heartbeats", "train-mdt4rec: finish stuck cancellations")
+"""Names of the automations an earlier release created for every run of the flow; the per-deployment ones replace
+them."""
+
+
 def install_automations(automations: list[AutomationCore]) -> None:
-    """Create each automation, or update the one of the same name (so serving again changes nothing twice)."""
+    """Create each automation, or update the one of the same name (so serving again changes nothing twice); delete
+    the flow-wide ones an earlier release created, which would act on every deployment's runs beside these."""
     with get_client(sync_client=True) as client:
+        for name in FLOW_WIDE_AUTOMATIONS:
+            for old in client.read_automations_by_name(name):
+                client.delete_automation(old.id)
         for automation in automations:
             existing = client.read_automations_by_name(automation.name)
             if existing:

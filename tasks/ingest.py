@@ -17,13 +17,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, NoReturn
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
-from mdt4rec_core.config import DatasetConfig, IngestConfig, RunConfig, TrajectoryConfig
+from mdt4rec_core.config import DatasetConfig, IngestConfig, ReaderFormat, RunConfig, TrajectoryConfig, resolve_dataset
 from mdt4rec_core.data.ingest import (
     IngestBatch,
     IngestPlan,
@@ -78,6 +79,14 @@ def send_core_logs_to_runs() -> None:
 
 
 send_core_logs_to_runs()
+
+
+def dataset_to_ingest(run: RunConfig, source: str | None = None, format: ReaderFormat | None = None) -> DatasetConfig:
+    """What a run ingests: ``run.dataset``'s configured files (or ``format`` files at ``source``), then the files
+    dropped in ``<run.landing>/<run.dataset>/``. The ``train-mdt4rec`` and ``ingest-logs`` flows and ``mdt4rec
+    ingest`` all ingest this."""
+    dataset = resolve_dataset(run.dataset, source, format)
+    return dataset.model_copy(update={"landing": str(Path(run.landing) / run.dataset)})
 
 
 def plan_logs(dataset: DatasetConfig, store_uri: str, config: IngestConfig) -> IngestPlan:

@@ -11,6 +11,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 EVALUATION_COLUMNS = ("mode", "protocol", "R_cumu", "R_cumu_ci95", "Length", "R_avg", "episodes", "seeds")
+DECIMALS = 3  # decimals of the figures in the Prefect artifacts
 
 
 def learning_curve(history: dict[str, list[list[float]]]) -> Figure:
@@ -75,6 +76,12 @@ def evaluation_rows(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{column: e[column] for column in EVALUATION_COLUMNS} for e in evaluations]
 
 
+def metrics_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model's evaluations (policy ``model``) and then the gate's baselines, figures rounded to DECIMALS."""
+    rows = [{"policy": "model", **row} for row in summary["evaluation"]] + summary.get("baselines", [])
+    return [{k: round(v, DECIMALS) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The run at a glance: data, training, evaluation and registration."""
     lines = [f"# train-mdt4rec on `{summary['dataset']}` (profile `{summary['profile']}`)", ""]
@@ -97,15 +104,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines.append(
         f"- Registered `{summary['model_name']}` version {registration['version']} as {role}: {registration['reason']}"
     )
-    lines.append(f"- MLflow run `{summary['mlflow_run_id']}` at {summary['tracking_uri']}")
+    run = summary["mlflow_run_id"]
+    url = summary.get("mlflow_run_url")
+    lines.append(f"- MLflow run [`{run}`]({url})" if url else f"- MLflow run `{run}` at {summary['tracking_uri']}")
     lines += [
         "",
         "| policy | mode | protocol | R_cumu | 95 % | Length | R_avg |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
-    for row in [{"policy": "model", **r} for r in summary["evaluation"]] + summary.get("baselines", []):
+    for row in metrics_table(summary):
         lines.append(
             f"| {row['policy']} | {row['mode']} | {row['protocol']} | {row['R_cumu']:.3f} | {row['R_cumu_ci95']:.3f} | "
-            f"{row['Length']:.2f} | {row['R_avg']:.3f} |"
+            f"{row['Length']:.3f} | {row['R_avg']:.3f} |"
         )
     return "\n".join(lines) + "\n"

@@ -2,7 +2,8 @@
 
 Input: one row per user, ``history`` (item ids, oldest first) and optionally ``feedback`` (raw feedback per history
 item; rows with and without it may share a request); the request parameter ``k`` (default 10); at most
-``serving.max_users_per_request`` rows (conf/pipeline.yaml). Output: ``items`` (the top-k item ids) and
+``serving.max_users_per_request`` rows (the setting of the run that trained the checkpoint). The rows are answered
+together, one batched search per chunk of users. Output: ``items`` (the top-k item ids) and
 ``chosen_history_length`` (the stitched search's w*). A bad request raises an MlflowException with
 INVALID_PARAMETER_VALUE (status 400 when served) naming the row and the field.
 """
@@ -18,23 +19,30 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from mdt4rec_core.config import load_run_config
+from mdt4rec_core.config import ServingConfig
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.inference.recommend import Recommender
+from mdt4rec_core.inference.search import EpisodeContext
+from mdt4rec_core.model.checkpoint import read_run_config
 
 DEFAULT_K = 10
 
 
 class MDT4RecModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        """Load the checkpoint and the request limit; a damaged checkpoint is an MlflowException naming its file."""
+        """Load the checkpoint and the request limit of the run that trained it; a damaged checkpoint is an
+        MlflowException naming its file. Nothing is read from outside the model's folder."""
         try:
-            self.recommender = Recommender(Path(context.artifacts["checkpoint"]))
-            self.max_rows = load_run_config().serving.max_users_per_request
+            checkpoint = Path(context.artifacts["checkpoint"])
+            self.recommender = Recommender(checkpoint)
+            run = read_run_config(checkpoint)
         except InputError as error:
             raise MlflowException(str(error), INVALID_PARAMETER_VALUE) from None
+        self.max_rows = (run.serving if run else ServingConfig()).max_users_per_request
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """Every row checked first (the first bad row is refused, naming it), then all rows decided in one batched
+        search per ``CHUNK_USERS`` rows: the same answers as one request per row."""
         if "history" not in model_input.columns:
             raise _bad_request("each request row needs a 'history' (a list of item ids)")
         if len(model_input) > self.max_rows:
@@ -43,17 +51,17 @@ class MDT4RecModel(mlflow.pyfunc.PythonModel):
                 "(serving.max_users_per_request)"
             )
         k = _k(params)
-        answers = [self._answer(row, record, k) for row, record in enumerate(model_input.to_dict("records"))]
+        contexts = [self._context(row, record) for row, record in enumerate(model_input.to_dict("records"))]
+        answers = [self.recommender.answer(decision) for decision in self.recommender.decide(contexts, k)]
         return pd.DataFrame(answers, columns=["items", "chosen_history_length"])
 
-    def _answer(self, row: int, record: dict, k: int) -> dict:
-        """The recommendation of one request row; bad input is a 400 naming the row."""
+    def _context(self, row: int, record: dict) -> EpisodeContext:
+        """The search context of one request row; bad input is a 400 naming the row."""
         try:
             history = [str(item) for item in _as_list(record["history"], "history")]
-            answer = self.recommender.recommend(history, _feedback(record.get("feedback")), k)
+            return self.recommender.context(history, _feedback(record.get("feedback")))
         except InputError as error:
             raise _bad_request(f"row {row}: {error}") from None
-        return {"items": answer["items"], "chosen_history_length": answer["chosen_history_length"]}
 
 
 def _bad_request(message: str) -> MlflowException:
@@ -63,9 +71,12 @@ def _bad_request(message: str) -> MlflowException:
 def _k(params: dict | None) -> int:
     value = (params or {}).get("k", DEFAULT_K)
     try:
-        return int(value)
+        k = int(value)
     except (TypeError, ValueError):
         raise _bad_request(f"the parameter k must be an integer (got {value!r})") from None
+    if k < 1:
+        raise _bad_request(f"the parameter k must be at least 1 (got {k})")
+    return k
 
 
 def _as_list(value, field: str) -> list:

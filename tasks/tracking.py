@@ -1,5 +1,10 @@
 """MLflow: one experiment per dataset, a run per training, the model registered as ``mdt4rec`` with a promotion gate.
 
+A training's run is created before it trains (``start_run``: tags naming the code and the Prefect flow run, every
+setting as a parameter, the trajectory set as its dataset input, the GX summary and Data Docs), receives the losses
+while it trains (``log_metrics``), then its results (``log_results``); a run whose block fails ends FAILED
+(``marks_failed``). Each registered version's description is its model card (``ModelCard``).
+
 The alias ``champion`` moves to a new version only when its R_cumu is above the upper 95 % bound of every gate
 baseline (random, popularity) and above the current champion's, on the same environment, mode, protocol, episodes
 and seeds (the gate key); otherwise the version is tagged ``challenger``.
@@ -11,11 +16,15 @@ A request that gets no answer is retried with exponential back-off (``tracking.r
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import math
 import os
 import re
+import subprocess
 import time
+import tomllib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +32,15 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType, Array
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_RUN_NOTE
 
 from mdt4rec_core.config import RunConfig, TrackingConfig
 from mdt4rec_core.errors import InputError
@@ -35,7 +48,31 @@ from mdt4rec_core.errors import InputError
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "champion_history"
+TRAINING_SUMMARY = (  # figures of a training's summary logged as train_<name>
+    "trainable_params",
+    "total_params",
+    "seconds",
+    "windows_per_second",
+    "popularity_action_ce",
+    "uniform_action_ce",
+)
+EXPERIMENT_DESCRIPTION = (
+    "Training runs of the train-mdt4rec flow on {dataset}: each run's tags name its code (git commit), its Prefect "
+    "flow run, profile and dataset; its parameters are the whole run configuration; its dataset input is the "
+    "trajectory set it trained on; its metrics are the training and validation losses by step, then R_cumu, Length "
+    "and R_avg per mode and protocol with the gate's baselines beside the model's."
+)
+MODEL_DESCRIPTION = (
+    "MDT4Rec: a Decision Transformer recommender that stitches trajectories by searching for the history length "
+    "with the highest in-support return, served by `mlflow models serve` (its requests and answers are each "
+    "version's signature). The alias `champion` is the version that passed the promotion gate "
+    "(R_cumu above every baseline's upper 95 % bound and above the previous champion's); other versions carry the "
+    "tag role=challenger. Each version's description is its model card."
+)
 MODEL_CODE = Path(__file__).with_name("serving_model.py")
+MODEL_PACKAGE = Path(__file__).resolve().parent.parent / "mdt4rec_core"
+"""The code the served model imports besides MODEL_CODE (it imports nothing from ``tasks``)."""
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 SIGNATURE = ModelSignature(
     inputs=Schema(
         [
@@ -91,11 +128,11 @@ def _unanswered(client: MlflowClient) -> str | None:
         try:
             client.search_experiments(max_results=1)
         except Exception as error:  # every failure means "not usable"
-            return _reason(error)
+            return failure_reason(error)
     return None
 
 
-def _reason(error: Exception) -> str:
+def failure_reason(error: Exception) -> str:
     """The cause of a failed request in a few words: the socket error ("Connection refused") or a timeout when the
     client's message holds one, else the message's first line."""
     text = str(error).strip()
@@ -133,18 +170,22 @@ def server_answering(client: MlflowClient, config: TrackingConfig, kept: str) ->
 
 
 def experiment_id(client: MlflowClient, dataset: str, config: TrackingConfig) -> str:
-    """The experiment of ``dataset``'s training runs."""
-    return named_experiment(client, f"mdt4rec-{dataset}", config)
+    """The experiment of ``dataset``'s training runs, with its description."""
+    return named_experiment(client, f"mdt4rec-{dataset}", config, EXPERIMENT_DESCRIPTION.format(dataset=dataset))
 
 
-def named_experiment(client: MlflowClient, name: str, config: TrackingConfig) -> str:
-    """The experiment ``name`` (created on first use; local artifacts under ``config.artifacts``)."""
+def named_experiment(client: MlflowClient, name: str, config: TrackingConfig, description: str | None = None) -> str:
+    """The experiment ``name`` (created on first use; local artifacts under ``config.artifacts``), described by
+    ``description`` when one is given (the MLflow UI shows it above the experiment's runs)."""
     existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        return existing.experiment_id
-    local = not tracking_uri(config).startswith(("http://", "https://", "databricks"))
-    location = (Path(config.artifacts).resolve() / name).as_uri() if local else None
-    return client.create_experiment(name, artifact_location=location)
+    if existing is None:
+        local = not tracking_uri(config).startswith(("http://", "https://", "databricks"))
+        location = (Path(config.artifacts).resolve() / name).as_uri() if local else None
+        tags = {MLFLOW_RUN_NOTE: description} if description else None
+        return client.create_experiment(name, artifact_location=location, tags=tags)
+    if description and existing.tags.get(MLFLOW_RUN_NOTE) != description:
+        client.set_experiment_tag(existing.experiment_id, MLFLOW_RUN_NOTE, description)
+    return existing.experiment_id
 
 
 @dataclass(frozen=True)
@@ -166,15 +207,30 @@ def gate_key(environment_version: str, mode: str, protocol: str, episodes: int, 
     return f"{environment_version}/{mode}/{protocol}/episodes={episodes}/seeds={seeds}"
 
 
+def model_requirements() -> list[str]:
+    """The project's pinned dependencies: what the served model's environment installs. From pyproject.toml in a
+    checkout (an editable install's metadata may be older than the file); from the installed distribution's metadata
+    when the project was installed from a wheel (no pyproject.toml beside it)."""
+    if not PYPROJECT.is_file():
+        return [r for r in importlib.metadata.requires("mdt4rec") or [] if "extra ==" not in r]
+    with PYPROJECT.open("rb") as file:
+        return list(tomllib.load(file)["project"]["dependencies"])
+
+
 def log_model(run_id: str, checkpoint: Path) -> str:
-    """Log ``checkpoint`` as the run's pyfunc model; its model URI."""
-    with mlflow.start_run(run_id=run_id):
+    """Log ``checkpoint`` as the run's pyfunc model, self-contained: the model's code (serving_model.py and the
+    ``mdt4rec_core`` package under ``code/``) and the project's pinned requirements travel with it, so that
+    ``mlflow models serve`` runs it in an environment built from the model alone. Its model URI."""
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # The signature says what a request holds; an input example would only repeat it.
+        warnings.filterwarnings("ignore", message=".*An input example was not provided", category=UserWarning)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(MODEL_CODE),
             artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(MODEL_PACKAGE)],
             signature=SIGNATURE,
-            pip_requirements=[],  # served with --env-manager local, in the project's environment
+            pip_requirements=model_requirements(),
         )
     return info.model_uri
 
@@ -186,15 +242,19 @@ def register(
     gate: Gate,
     tags: dict[str, str],
     champion_score: Callable[[ModelVersion], float | None],
+    card: ModelCard,
 ) -> dict[str, Any]:
-    """Register ``model_uri`` as a new version of ``name`` and apply the promotion gate. A failure after the version
-    was created deletes it again: no half-registered version is left behind."""
+    """Register ``model_uri`` as a new version of ``name``, apply the promotion gate and describe the version by its
+    model ``card`` with the gate's decision. A failure after the version was created deletes it again: no
+    half-registered version is left behind."""
     version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     try:
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)
         client.set_model_version_tag(name, version, "gate_key", gate.key)
         client.set_model_version_tag(name, version, "gate_score", repr(gate.score))
         client.set_model_version_tag(name, version, "gate_floors", json.dumps(gate.floors))
         decision = _gate(client, name, version, gate, champion_score)
+        client.update_model_version(name, version, description=card.markdown(decision))
     except BaseException:
         client.delete_model_version(name, version)
         raise
@@ -285,75 +345,235 @@ def versions_for(client: MlflowClient, name: str, dataset: str, trajectory_versi
     ]
 
 
-def record_run(
-    client: MlflowClient,
-    experiment: str,
-    run_name: str,
-    run: RunConfig,
-    ingest: dict[str, Any],
-    trained: dict[str, Any],
-    evaluations: list[dict[str, Any]],
-    figures: dict[str, Any],
-    baselines: list[dict[str, Any]] = (),
-) -> str:
-    """One MLflow run: parameters, per-step losses, evaluation metrics and table (the gate's baselines beside the
-    model: ``R_cumu_<mode>_<protocol>_<baseline>``), plots, the GX summary, the config. Returns the run id (the run
-    is left finished)."""
-    from mlflow.entities import Metric, Param
-
-    from tasks.reporting import evaluation_rows
-
-    created = client.create_run(
-        experiment, run_name=run_name, tags={"dataset": run.dataset, "profile": str(run.profile)}
-    )
-    run_id = created.info.run_id
+def code_version() -> dict[str, str]:
+    """Tags naming the code that runs: in a git checkout, its commit (``mlflow.source.git.commit``, which the MLflow
+    UI shows) and ``git_dirty`` (``true`` when tracked or new files differ from that commit); otherwise the
+    installed package's version (``mdt4rec_version``), when it is installed."""
+    checkout = _checkout(Path(__file__).resolve().parent.parent)
+    if checkout is not None:
+        commit, dirty = checkout
+        return {MLFLOW_GIT_COMMIT: commit, "git_dirty": str(dirty).lower()}
     try:
-        config = run.model_dump(mode="json")
+        return {"mdt4rec_version": importlib.metadata.version("mdt4rec")}
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+
+
+def _checkout(root: Path) -> tuple[str, bool] | None:
+    """The commit of the git checkout whose top folder is ``root`` and whether files differ from it; None when
+    ``root`` is no checkout's top (not in one, no git, or inside another project's checkout)."""
+    try:
+        if Path(_git(root, "rev-parse", "--show-toplevel")) != root:
+            return None
+        return _git(root, "rev-parse", "HEAD"), bool(_git(root, "status", "--porcelain"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _git(root: Path, *arguments: str) -> str:
+    """The output of ``git -C root ARGUMENTS`` (CalledProcessError when git fails, OSError without git)."""
+    command = ["git", "-C", str(root), *arguments]
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+
+class TrajectoryDataset(MetaDataset):
+    """A trajectory set as an MLflow dataset: where it lies, its version as digest, its size as profile."""
+
+    def __init__(self, uri: str, name: str, version: str, profile: dict[str, int]) -> None:
+        self._profile = profile
+        with warnings.catch_warnings():  # MLflow registers two equal sources for local paths and says so
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            source = resolve_dataset_source(uri)
+        super().__init__(source, name=name, digest=version)
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+
+def trajectory_input(dataset: str, ingest: dict[str, Any]) -> DatasetInput:
+    """The trajectory set ``ingest`` made current, as a training input: named ``<dataset>-trajectories``, its digest
+    the trajectory version, its source the set's folder in the store, its profile the users, items, episodes and
+    steps."""
+    from mdt4rec_core.data.trajectories import trajectory_dir
+
+    version = ingest["trajectory_version"]
+    trajectories = TrajectoryDataset(
+        f"{ingest['store']}/{trajectory_dir(dataset, version)}",
+        f"{dataset}-trajectories",
+        version,
+        {key: int(ingest[key]) for key in ("users", "items", "episodes", "steps")},
+    )
+    return DatasetInput(trajectories._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
+
+
+def start_run(
+    client: MlflowClient, experiment: str, run_name: str, run: RunConfig, ingest: dict[str, Any], tags: dict[str, str]
+) -> str:
+    """Create the MLflow run of a training before it trains, with what is known then: the tags dataset, profile, the
+    code's version and ``tags``; every setting as a parameter and ``config.json``; the trajectory set as its dataset
+    input; the GX summary and Data Docs of the run's validations. Returns the run's id; the run is left running."""
+    run_tags = {"dataset": run.dataset, "profile": str(run.profile), **code_version(), **tags}
+    run_id = client.create_run(experiment, run_name=run_name, tags=run_tags).info.run_id
+    with marks_failed(client, run_id):
         params = [Param(key, value[:6000]) for key, value in run.params().items()]
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(name, float(value), now, int(step))
-            for name, key in (
-                ("train_loss", "train_loss"),
-                ("validation_loss", "validation_loss"),
-                ("validation_action_ce", "validation_action_ce"),
-            )
-            for step, value in trained["history"].get(key, [])
-        ]
-        for row in [*evaluations, *baselines]:
-            suffix = f"{row['mode']}_{row['protocol']}" + (f"_{row['policy']}" if row in baselines else "")
-            metrics += [Metric(f"{name}_{suffix}", float(row[name]), now, 0) for name in ("R_cumu", "Length", "R_avg")]
-            metrics.append(Metric(f"R_cumu_ci95_{suffix}", float(row["R_cumu_ci95"]), now, 0))
-        summary = {
-            k: trained.get(k)
-            for k in (
-                "trainable_params",
-                "total_params",
-                "seconds",
-                "windows_per_second",
-                "popularity_action_ce",
-                "uniform_action_ce",
-            )
-        }
-        metrics += [Metric(f"train_{k}", float(v), now, 0) for k, v in summary.items() if v is not None]
         for start in range(0, len(params), 100):
             client.log_batch(run_id, params=params[start : start + 100])
-        for start in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        client.log_table(run_id, data=_frame(evaluation_rows(evaluations)), artifact_file="evaluation/table.json")
-        client.log_dict(run_id, evaluations, "evaluation/full.json")
-        for path, figure in figures.items():
-            client.log_figure(run_id, figure, path)
-        client.log_dict(run_id, config, "config.json")
-        client.log_dict(run_id, ingest["validation"], "validation/summary.json")
-        docs = {report["data_docs"] for checks in ingest["validation"].values() for report in checks}
-        for folder in sorted(d for d in docs if d and Path(d).is_dir()):
-            client.log_artifacts(run_id, folder, "validation/data_docs")
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
+        client.log_inputs(run_id, datasets=[trajectory_input(run.dataset, ingest)])
+        client.log_dict(run_id, run.model_dump(mode="json"), "config.json")
+        log_validation(client, run_id, ingest["validation"])
     return run_id
+
+
+def log_validation(client: MlflowClient, run_id: str, validation: dict[str, list[dict[str, Any]]]) -> None:
+    """The GX results (``validation/summary.json``) and the Data Docs site they were written to
+    (``validation/data_docs/``, its ``index.html`` the entry page)."""
+    client.log_dict(run_id, validation, "validation/summary.json")
+    for site in data_docs_sites(validation):
+        client.log_artifacts(run_id, str(site), "validation/data_docs")
+
+
+def data_docs_sites(validation: dict[str, list[dict[str, Any]]]) -> list[Path]:
+    """The Data Docs folders of the validation reports (each report names its site's ``index.html``)."""
+    pages = {Path(report["data_docs"]) for reports in validation.values() for report in reports if report["data_docs"]}
+    return sorted({page.parent for page in pages if page.is_file()})
+
+
+@contextlib.contextmanager
+def marks_failed(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """Run the block; when it raises, end the MLflow run as FAILED (if the server still answers: the block's error
+    is what the caller sees either way)."""
+    try:
+        yield
+    except BaseException:
+        with _no_retries(), contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        raise
+
+
+def step_metrics(step: int, values: dict[str, float], seconds: float) -> list[Metric]:
+    """``values`` measured at training ``step`` at ``seconds`` (Unix time) as MLflow metrics."""
+    return [Metric(name, float(value), int(seconds * 1000), step) for name, value in values.items()]
+
+
+def history_metrics(history: dict[str, list[list[float]]], after: int, seconds: float) -> list[Metric]:
+    """A training history's points (``[step, value]`` per metric name) past step ``after``, as metrics at
+    ``seconds`` (Unix time: a history does not keep when each step ran)."""
+    return [
+        Metric(name, float(value), int(seconds * 1000), int(step))
+        for name, points in history.items()
+        for step, value in points
+        if step > after
+    ]
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    """Log ``metrics`` in batches of MLflow's largest size."""
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def log_results(
+    client: MlflowClient,
+    run_id: str,
+    trained: dict[str, Any],
+    evaluations: list[dict[str, Any]],
+    baselines: list[dict[str, Any]],
+    figures: dict[str, Any],
+) -> None:
+    """A training's results: R_cumu, its 95 % half-width, Length and R_avg per mode and protocol
+    (``R_cumu_<mode>_<protocol>``), the gate's baselines beside the model (``R_cumu_<mode>_<protocol>_<baseline>``),
+    the training's summary (``train_<name>``), the evaluation table and ``figures`` (artifact path -> figure)."""
+    from tasks.reporting import evaluation_rows
+
+    now = time.time()
+    values = {f"train_{key}": trained[key] for key in TRAINING_SUMMARY if trained.get(key) is not None}
+    for row, suffix in [*((e, "") for e in evaluations), *((b, f"_{b['policy']}") for b in baselines)]:
+        for name in ("R_cumu", "R_cumu_ci95", "Length", "R_avg"):
+            values[f"{name}_{row['mode']}_{row['protocol']}{suffix}"] = row[name]
+    log_metrics(client, run_id, step_metrics(0, values, now))
+    client.log_table(run_id, data=_frame(evaluation_rows(evaluations)), artifact_file="evaluation/table.json")
+    client.log_dict(run_id, evaluations, "evaluation/full.json")
+    for path, figure in figures.items():
+        client.log_figure(run_id, figure, path)
+
+
+def run_url(uri: str, experiment: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI of a tracking server (None for a local database, which has no UI address)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a registered version says of itself: the data it learnt from, its settings, its R_cumu beside the gate's
+    baselines' in the gate's mode and protocol; the gate's decision is added once it is known."""
+
+    dataset: str
+    trajectory_version: str
+    episodes: int
+    steps: int
+    preset: str | None
+    profile: str | None
+    context_steps: int
+    adaptation: str
+    lora_r: int
+    train_steps: int
+    evaluated_on: str
+    scores: dict[str, tuple[float, float]]  # policy -> (R_cumu, 95 % half-width); the model first
+
+    @classmethod
+    def of(
+        cls,
+        run: RunConfig,
+        ingest: dict[str, Any],
+        trained: dict[str, Any],
+        gate_row: dict[str, Any],
+        baselines: list[dict[str, Any]],
+    ) -> ModelCard:
+        """The card of the model ``trained`` by ``run`` on ``ingest``'s trajectory set, scored ``gate_row`` in the
+        gate's evaluation, where the ``baselines`` scored theirs."""
+        backbone = run.model.backbone
+        return cls(
+            dataset=run.dataset,
+            trajectory_version=ingest["trajectory_version"],
+            episodes=int(ingest["episodes"]),
+            steps=int(ingest["steps"]),
+            preset=run.preset,
+            profile=run.profile,
+            context_steps=run.model.context_steps,
+            adaptation=backbone.adaptation,
+            lora_r=backbone.lora_r,
+            train_steps=int(trained["steps"]),
+            evaluated_on=(
+                f"{gate_row['mode']} mode, {gate_row['protocol']} protocol, {gate_row['episodes']:,} episodes over "
+                f"{len(gate_row['seeds'])} seeds"
+            ),
+            scores={
+                "model": (gate_row["R_cumu"], gate_row["R_cumu_ci95"]),
+                **{row["policy"]: (row["R_cumu"], row["R_cumu_ci95"]) for row in baselines},
+            },
+        )
+
+    def markdown(self, decision: dict[str, Any]) -> str:
+        """The card as markdown (the version's description in the MLflow UI), ending with the gate's ``decision``."""
+        lora = f", LoRA r = {self.lora_r}" if self.adaptation == "lora" else ""
+        scores = "; ".join(f"{policy} {mean:.3f} ± {half:.3f}" for policy, (mean, half) in self.scores.items())
+        role = CHAMPION if decision["promoted"] else CHALLENGER
+        return "\n\n".join(
+            [
+                f"**Data**: {self.dataset}, trajectory set `{self.trajectory_version}` ({self.steps:,} steps in "
+                f"{self.episodes:,} episodes)",
+                f"**Settings**: preset `{self.preset}` (profile `{self.profile}`), K = {self.context_steps} steps, "
+                f"adaptation {self.adaptation}{lora}, {self.train_steps:,} training steps",
+                f"**R_cumu** (95 % interval; {self.evaluated_on}): {scores}",
+                f"**Gate**: {role}: {decision['reason']}",
+            ]
+        )
 
 
 def download_model(version: ModelVersion, folder: Path) -> Path:

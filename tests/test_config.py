@@ -1,6 +1,23 @@
+import os
+import shutil
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
 import pytest
 
-from mdt4rec_core.config import RunConfig, apply_overrides, load_run_config, resolve_dataset, validate_config
+from mdt4rec_core.config import (
+    CONF_DIR,
+    PROFILES,
+    RunConfig,
+    TrajectoryConfig,
+    apply_overrides,
+    load_run_config,
+    load_yaml,
+    resolve_dataset,
+    validate_config,
+)
 from mdt4rec_core.errors import ConfigError
 
 
@@ -50,3 +67,40 @@ def test_unknown_dataset_lists_known_ones():
 def test_ad_hoc_dataset_needs_source_and_format(tmp_path):
     dataset = resolve_dataset("mylog", str(tmp_path), "csv")
     assert dataset.format == "csv" and dataset.path == str(tmp_path)
+
+
+def test_the_configuration_is_found_inside_the_installed_package():
+    assert CONF_DIR == Path(str(files("mdt4rec_core").joinpath("conf")))
+    assert {p.stem for p in (CONF_DIR / "profiles").glob("*.yaml")} == set(PROFILES)
+    assert load_run_config("smoke").preset == "tiny"
+
+
+def test_mdt4rec_conf_names_a_configuration_folder_of_ones_own(tmp_path):
+    shutil.copytree(CONF_DIR, tmp_path / "conf")
+    pipeline = tmp_path / "conf" / "pipeline.yaml"
+    pipeline.write_text(pipeline.read_text(encoding="utf-8").replace("store: store\n", "store: elsewhere\n"))
+    show = "from mdt4rec_core.config import CONF_DIR, load_run_config; print(CONF_DIR, load_run_config().store)"
+    result = subprocess.run(
+        [sys.executable, "-c", show],
+        env={**os.environ, "MDT4REC_CONF": str(tmp_path / "conf")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.split() == [str(tmp_path / "conf"), "elsewhere"]
+
+
+# What every profile built before the protocol moved into conf/pipeline.yaml: a trajectory set's version hashes these
+# settings, so sets already in a store keep their versions.
+PROFILES_TRAJECTORIES = TrajectoryConfig(
+    state_length=10, max_episode_steps=30, session_gap_seconds=None, protocol="strict", quit_rule_protocol="paper"
+)
+
+
+def test_every_command_and_profile_builds_the_same_trajectory_set():
+    """One default in conf/pipeline.yaml: a command without a profile (`mdt4rec ingest`, `train`) builds and makes
+    current the set every profile trains on, which leaves out the users the strict protocol evaluates on."""
+    resolved = [load_run_config(), load_run_config(preset="tiny"), *(load_run_config(p) for p in PROFILES)]
+    assert {run.trajectories for run in resolved} == {PROFILES_TRAJECTORIES}
+    for profile in PROFILES:  # ... said once, not repeated by each profile
+        assert "trajectories" not in load_yaml(CONF_DIR / "profiles" / f"{profile}.yaml")

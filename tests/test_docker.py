@@ -19,7 +19,7 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from mdt4rec_core.config import RunConfig, load_run_config
+from mdt4rec_core.config import CONF_DIR, RunConfig, load_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -268,7 +268,7 @@ def test_telemetry_is_off_in_the_image_and_not_overridden(dockerfile, makefile, 
         assert overrides == {key: expected[key] for key in overrides}, name
 
 
-def test_image_contains_the_installed_packages_conf_and_project_file(dockerfile, pyproject, deployment):
+def test_image_contains_the_installed_packages_their_conf_and_project_file(dockerfile, pyproject, deployment):
     copied = {
         Path(word).parts[0]
         for instruction, arguments in dockerfile
@@ -277,8 +277,10 @@ def test_image_contains_the_installed_packages_conf_and_project_file(dockerfile,
     }
     packages = {pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     entry_dir = Path(deployment["entrypoint"].split(":")[0]).parts[0]
-    assert packages | {entry_dir, "conf", "pyproject.toml", pyproject["project"]["readme"], "prefect.yaml"} <= copied
+    assert packages | {entry_dir, "pyproject.toml", pyproject["project"]["readme"], "prefect.yaml"} <= copied
     assert "." not in copied
+    assert CONF_DIR.relative_to(ROOT).parts[0] in packages  # the configuration comes with a copied package
+    assert set(pyproject["tool"]["setuptools"]["package-data"]) <= packages
 
 
 def test_entrypoint_names_a_flow_function_that_takes_the_default_parameters(deployment):

@@ -131,6 +131,15 @@ def test_the_served_model_takes_feedback_per_row_and_names_the_bad_row(served):
         assert refusal(served, request) == message
 
 
+def test_a_k_below_one_is_refused_naming_the_parameter(served):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as raised:
+        served.predict(pd.DataFrame([{"history": ["i1"]}]), params={"k": 0})
+    assert raised.value.message == "the parameter k must be at least 1 (got 0)"
+    assert raised.value.get_http_status_code() == 400
+
+
 def test_a_request_beyond_the_row_limit_is_refused_naming_the_setting(served):
     from mdt4rec_core.config import load_run_config
 

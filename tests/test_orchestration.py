@@ -1,12 +1,14 @@
 """End to end against real servers on 127.0.0.1: a Prefect server, an MLflow server, the serving process started by
 ``mdt4rec deploy`` and ``mlflow models serve``; each started here, polled for health and stopped by its PID.
 
-The tests run in file order on one store and one registry, as the nightly deployment would live through them.
+The tests run in file order on one store and one registry, as the nightly deployment would live through them. The
+deployment served here is MovieLens-100K's: ``train-mdt4rec/nightly-ml-100k``.
 """
 
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +23,7 @@ from mlflow import MlflowClient
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 BIN = Path(sys.executable).parent
-DEPLOYMENT = "train-mdt4rec/nightly"
+DEPLOYMENT = "train-mdt4rec/nightly-ml-100k"
 MODEL = "mdt4rec"
 
 
@@ -572,3 +574,110 @@ def test_a_killed_serving_process_and_run_turn_crashed_and_free_the_slot_for_the
         f"{stack.prefect_api}/flow_runs/{next_run}/set_state", json={"state": {"type": "CANCELLING"}}, timeout=10
     )
     _await_state(stack, next_run, "CANCELLED", timeout=60)
+
+
+def _mlflow_api(stack: Stack, method: str, path: str, **arguments) -> dict:
+    """An answer of the MLflow server's REST API (``GET`` takes query ``arguments``, ``POST`` a JSON body)."""
+    url = f"{stack.tracking_uri}/api/2.0/mlflow/{path}"
+    answer = (
+        httpx.get(url, params=arguments, timeout=30) if method == "GET" else httpx.post(url, json=arguments, timeout=30)
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _prefect_api(stack: Stack, path: str, body: dict) -> list[dict]:
+    answer = httpx.post(f"{stack.prefect_api}/{path}", json=body, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_a_nightly_run_is_traced_in_mlflow_and_in_its_prefect_logs(stack):
+    from mdt4rec_core.config import load_run_config
+
+    if not any(process.poll() is None and "deploy" in process.args for process in stack.servers):
+        _serve(stack)  # the serving process an earlier test killed
+    overrides = ["evaluation.gate.baselines=[random,popularity]", "evaluation.episodes=20"]
+    result = stack.run_deployment("profile=smoke", "force=true", f"overrides={json.dumps(overrides)}")
+    assert result.returncode == 0 and "Completed" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    flow_run_id = _newest_started_flow_run(stack)["id"]
+    resolved = load_run_config("smoke", "ml-100k", overrides)
+
+    # MLflow, through its REST API: the run of this flow run, its settings, code, data, losses and figures.
+    experiment = _mlflow_api(stack, "GET", "experiments/get-by-name", experiment_name="mdt4rec-ml-100k")
+    found = _mlflow_api(
+        stack,
+        "POST",
+        "runs/search",
+        experiment_ids=[experiment["experiment"]["experiment_id"]],
+        filter=f"tags.prefect_flow_run_id = '{flow_run_id}'",
+    )
+    (nightly,) = found["runs"]
+    run_id = nightly["info"]["run_id"]
+    assert nightly["info"]["status"] == "FINISHED"
+    params = {param["key"]: param["value"] for param in nightly["data"]["params"]}
+    settings = ("train.learning_rate", "train.batch_size", "model.backbone.lora_r", "model.context_steps")
+    for key in (*settings, "search.delta", "search.kappa"):
+        assert params[key] == resolved.params()[key]
+    tags = {tag["key"]: tag["value"] for tag in nightly["data"]["tags"]}
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert tags["mlflow.source.git.commit"] == head.stdout.strip() and re.fullmatch(
+        r"[0-9a-f]{40}", head.stdout.strip()
+    )
+    assert tags["prefect_flow_run_url"] == f"{stack.prefect_api.removesuffix('/api')}/runs/flow-run/{flow_run_id}"
+    (trained_on,) = nightly["inputs"]["dataset_inputs"]
+    version = _mlflow_api(stack, "GET", "model-versions/get", name=MODEL, version=tags["registered_version"])
+    trajectory_version = {t["key"]: t["value"] for t in version["model_version"]["tags"]}["trajectory_version"]
+    assert trained_on["dataset"]["name"] == "ml-100k-trajectories"
+    assert trained_on["dataset"]["digest"] == trajectory_version
+    assert json.loads(trained_on["dataset"]["source"])["uri"].endswith(f"/version={trajectory_version}")
+    history = _mlflow_api(stack, "GET", "metrics/get-history", run_id=run_id, metric_key="train_loss")["metrics"]
+    assert len({point["step"] for point in history}) >= 10
+    metrics = {metric["key"]: metric["value"] for metric in nightly["data"]["metrics"]}
+    for baseline in ("random", "popularity"):
+        assert metrics[f"R_cumu_FB_paper_{baseline}"] > 0 and metrics[f"R_cumu_ci95_FB_paper_{baseline}"] >= 0
+    card = version["model_version"]["description"]
+    assert f"trajectory set `{trajectory_version}`" in card and f"K = {resolved.model.context_steps} steps" in card
+    assert f"model {metrics['R_cumu_FB_paper']:.3f} ± " in card and "; random " in card and "; popularity " in card
+    assert re.search(r"\*\*Gate\*\*: (champion|challenger): ", card), card
+
+    # Prefect: task runs named by their arguments, the stages' figures and the gate's decision in the run's log.
+    names = {
+        run["name"] for run in _prefect_api(stack, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    }
+    assert {
+        "prepare-environment-paper",
+        "evaluate-baseline-random-FB-paper",
+        "evaluate-baseline-popularity-FB-paper",
+    } <= names
+    (subflow,) = _prefect_api(stack, "flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}})
+    evaluated = {
+        run["name"] for run in _prefect_api(stack, "task_runs/filter", {"flow_runs": {"id": {"any_": [subflow["id"]]}}})
+    }
+    assert evaluated == {
+        f"evaluate-{mode}-{protocol}" for mode in ("FB", "NX_0", "NX_10") for protocol in ("paper", "strict")
+    }
+    messages = [log["message"] for log in _flow_run_logs(stack, flow_run_id, "gate decision: ")]
+    (decision,) = [message for message in messages if message.startswith("gate decision: ")]
+    assert re.match(
+        rf"gate decision: {MODEL} version {tags['registered_version']} is (champion|challenger) \(", decision
+    )
+    assert f"R_cumu {metrics['R_cumu_FB_paper']:.3f} on " in decision
+    assert re.search(r"baselines' upper 95 % bounds: random \d+\.\d{3}, popularity \d+\.\d{3}", decision)
+    assert any(re.search(r"rows read, [\d,]+ accepted, [\d,]+ quarantined", message) for message in messages)
+    assert any(re.match(r"step 30/30: loss \d+\.\d{4}, [\d.]+ windows/s", message) for message in messages)
+    assert any(re.match(r"random in FB/paper: R_cumu \d+\.\d{3} ± \d+\.\d{3}", message) for message in messages)
+
+    # The run's artifacts: the MLflow run as a link, figures rounded; the deployment's own automations.
+    artifacts = _prefect_api(stack, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    link = f"{stack.tracking_uri}/#/experiments/{experiment['experiment']['experiment_id']}/runs/{run_id}"
+    keyed = {artifact["key"]: artifact for artifact in artifacts}
+    assert f"- MLflow run [`{run_id}`]({link})" in keyed["train-mdt4rec-ml-100k"]["data"]
+    assert keyed["train-mdt4rec-ml-100k-mlflow-run"]["data"] == f"[MLflow run {run_id}]({link})"
+    (table,) = [a for a in artifacts if a["type"] == "table"]
+    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert {row["policy"] for row in rows} == {"model", "random", "popularity"}
+    assert all(round(row["R_cumu"], 3) == row["R_cumu"] for row in rows)
+    automations = _prefect_api(stack, "automations/filter", {})
+    crash = next(a for a in automations if a["name"] == f"{DEPLOYMENT}: crash runs without heartbeats")
+    assert f"prefect.deployment.{stack.deployment()['id']}" in json.dumps(crash["trigger"]["match_related"])

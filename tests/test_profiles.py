@@ -21,7 +21,8 @@ def test_every_profile_resolves_to_a_run_config(profile):
 def test_layers_stack_pipeline_then_preset_then_profile_then_overrides():
     defaults, preset, profile = load_run_config(), load_run_config(preset="cpu"), load_run_config("cpu")
     assert defaults.model.item_dim == 64 and preset.model.item_dim == 32  # conf/models/cpu.yaml over the defaults
-    assert preset.trajectories.protocol == "paper" and profile.trajectories.protocol == "strict"  # the profile's
+    assert preset.trajectories.protocol == profile.trajectories.protocol == "strict"  # conf/pipeline.yaml's
+    assert load_run_config(preset="tiny").train.max_steps == 40 and load_run_config("smoke").train.max_steps == 30
     run = load_run_config(
         "smoke", None, ["train.max_steps=7", "model.item_dim=8", "evaluation.episodes=3", "store=elsewhere"]
     )

@@ -1,11 +1,13 @@
-"""The configuration machinery: strict pydantic models loaded from YAML files in ``conf/`` with ``key.path=value``
-overrides.
+"""The configuration machinery: strict pydantic models loaded from YAML files in the configuration folder
+(``CONF_DIR``) with ``key.path=value`` overrides.
 
 Every model forbids unknown keys, so a misspelt key is an error that names it instead of a silently ignored value.
 """
 
 from __future__ import annotations
 
+import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,7 +16,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mdt4rec_core.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+CONF_ENV = "MDT4REC_CONF"
+CONF_DIR = Path(os.environ.get(CONF_ENV) or files("mdt4rec_core").joinpath("conf"))
+"""The configuration folder (``pipeline.yaml``, ``datasets/``, ``models/``, ``profiles/``, ``studies/``): the one
+installed with the package (``mdt4rec_core/conf``), or the folder ``MDT4REC_CONF`` names when it is set (read when
+this module is first imported)."""
 
 
 class StrictModel(BaseModel):

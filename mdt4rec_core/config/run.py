@@ -100,20 +100,20 @@ def load_run_config(
 ) -> RunConfig:
     """The RunConfig of ``profile`` (or of the model ``preset`` alone, or of the defaults) for ``dataset`` and
     ``store`` when given, with the ``key.path=value`` ``overrides`` applied last; ``base`` replaces
-    conf/pipeline.yaml. An unknown layer, key or value is a ConfigError naming it and where it came from."""
+    ``CONF_DIR/pipeline.yaml``. An unknown layer, key or value is a ConfigError naming it and the file it came
+    from."""
     if dataset:
         check_dataset_name(dataset)
-    layers: list[tuple[str, dict[str, Any]]] = [
-        (str(base) if base else "conf/pipeline.yaml", load_yaml(base or CONF_DIR / "pipeline.yaml"))
-    ]
+    base = base or CONF_DIR / "pipeline.yaml"
+    layers: list[tuple[str, dict[str, Any]]] = [(str(base), load_yaml(base))]
     profile_layer: dict[str, Any] = {}
     if profile is not None:
         profile_layer = _layer_file("profile", profile, CONF_DIR / "profiles", known=PROFILES)
     preset = preset or profile_layer.get("preset")
     if preset is not None:
-        layers.append((f"conf/models/{preset}.yaml", _layer_file("preset", preset, CONF_DIR / "models")))
+        layers.append((str(CONF_DIR / "models" / f"{preset}.yaml"), _layer_file("preset", preset, CONF_DIR / "models")))
     if profile is not None:
-        layers.append((f"conf/profiles/{profile}.yaml", profile_layer))
+        layers.append((str(CONF_DIR / "profiles" / f"{profile}.yaml"), profile_layer))
     document: dict[str, Any] = {}
     for origin, layer in layers:
         for key, _ in flatten_keys(layer):

@@ -8,6 +8,7 @@ Layout under the store root (a local path or any URI pyarrow understands, such a
     items/dataset=<name>/items.parquet, users/dataset=<name>/users.parquet      side tables
     trajectories/dataset=<name>/version=<hash>/                                  versioned trajectory sets
     environments/dataset=<name>/protocol=<p>/version=<hash>/                     built simulators
+    recommendations/dataset=<name>/model=<label>/part-*.parquet                   top-k per user (mdt4rec score)
     damaged/<YYYYMMDDTHHMMSS>-<id>/<path>                                        what a repair moved aside
     .locks/<name>.lock                                                           the writer lock, naming its holder
 
@@ -52,7 +53,16 @@ log = logging.getLogger(__name__)
 
 TMP_SUFFIX = ".tmp"
 DAMAGED = "damaged"
-AREAS = ("interactions", "quarantine", "manifest", "items", "users", "trajectories", "environments")
+AREAS = (
+    "interactions",
+    "quarantine",
+    "manifest",
+    "items",
+    "users",
+    "trajectories",
+    "environments",
+    "recommendations",
+)
 MANIFEST_ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.json")
 READ_ERRORS = (OSError, ValueError, EOFError, TypeError, KeyError, pl.exceptions.PolarsError, pa.ArrowException)
 """What reading and decoding a damaged file raises (pyarrow reports a damaged footer as an OSError without errno)."""

@@ -1,4 +1,5 @@
-"""Recommendation for one user from a checkpoint: the episode so far -> stitched decision."""
+"""Recommendations from a checkpoint: a user's episode so far -> search context -> stitched decision, many users
+at once in batched searches."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 from mdt4rec_core.config import SearchConfig
 from mdt4rec_core.data.trajectories import normalised_rewards
 from mdt4rec_core.errors import InputError
-from mdt4rec_core.inference.search import EpisodeContext, search
+from mdt4rec_core.inference.search import Decision, EpisodeContext, search
 from mdt4rec_core.model.checkpoint import checkpoint_search, load_checkpoint
 
 
@@ -64,8 +65,14 @@ def checked_feedback(values: list) -> np.ndarray:
     return checked
 
 
+CHUNK_USERS = 256
+"""Users per batched search call: bounds the action logits held at once (users x candidates x items floats)."""
+
+
 class Recommender:
-    """A checkpoint loaded once, answering recommendation requests (the command line and the MLflow model)."""
+    """A checkpoint loaded once, answering recommendation requests (the command line, the MLflow model and batch
+    scoring): requests become search contexts (``context``), contexts become decisions in one batched search per
+    ``CHUNK_USERS`` of them (``decide``), decisions become answers (``answer``)."""
 
     def __init__(self, checkpoint: Path, config: SearchConfig | None = None):
         """``config``: the search settings (default: those of the run that trained the checkpoint)."""
@@ -73,40 +80,67 @@ class Recommender:
         self.index = dict(zip(self.catalogue["item_id"].to_list(), self.catalogue["index"].to_list(), strict=True))
         self.ids = self.catalogue["item_id"].to_numpy()
         self.low, self.high = metadata["feedback_min"], metadata["feedback_max"]
+        self.dataset = metadata["dataset"]  # the dataset it was trained on
         self.config = config or checkpoint_search(checkpoint)
 
-    def recommend(self, history: list[str], feedback: list[float] | None, k: int, exclude_seen: bool = True) -> dict:
-        """Top-``k`` items for a user whose episode so far is ``history`` (item ids) with raw ``feedback``
-        (default: the top of the training feedback range)."""
+    def context(self, history: list[str], feedback: list[float] | None, exclude_seen: bool = True) -> EpisodeContext:
+        """The search context of a user whose episode so far is ``history`` (item ids, oldest first) with raw
+        ``feedback`` (default: the top of the training feedback range); bad input is an InputError naming the
+        field."""
         if not history:
             raise InputError("the history is empty: give at least one item the user interacted with")
         if feedback is not None and len(feedback) != len(history):
             raise InputError(f"feedback has {len(feedback)} values for {len(history)} history items")
         raw = checked_feedback(feedback) if feedback is not None else np.full(len(history), float(self.high))
-        if k < 1:
-            raise InputError(f"k must be at least 1 (got {k})")
         unknown = [item for item in history if item not in self.index]
         if unknown:
             raise InputError(
                 f"unknown item id {unknown[0]!r} (not in the checkpoint's catalogue of {len(self.index):,} items)"
             )
-        rewards = normalised_rewards(raw, self.low, self.high)
+        return self.indexed_context(np.array([self.index[i] for i in history]), raw, exclude_seen)
+
+    def indexed_context(
+        self, items: np.ndarray, raw_feedback: np.ndarray, exclude_seen: bool, initial_item: int | None = None
+    ) -> EpisodeContext:
+        """The search context of an episode given as catalogue indices ``items`` (t,) with their raw feedback (t,)
+        on the training data's scale, after ``initial_item`` when given (see ``context_from_history``)."""
         shape = self.model.shape
-        context = context_from_history(
-            np.array([self.index[i] for i in history]),
-            rewards.astype(np.float32),
+        return context_from_history(
+            items,
+            normalised_rewards(raw_feedback, self.low, self.high).astype(np.float32),
             shape.items,
             shape.state_length,
             shape.max_return,
             exclude_seen,
+            initial_item,
         )
-        decision = search(self.model, [context], self.config.model_copy(update={"top_k": k}))[0]
+
+    def decide(self, contexts: list[EpisodeContext], k: int) -> list[Decision]:
+        """The top-``k`` decision of every context, in order: one batched search per ``CHUNK_USERS`` contexts. With
+        ``max_return`` conditioning and ``argmax`` decoding (the defaults) a user's decision does not depend on the
+        other users of its chunk; ``expert_sample`` and ``sample`` draw their random numbers per chunk."""
+        if k < 1:
+            raise InputError(f"k must be at least 1 (got {k})")
+        config = self.config.model_copy(update={"top_k": k})
+        return [
+            decision
+            for start in range(0, len(contexts), CHUNK_USERS)
+            for decision in search(self.model, contexts[start : start + CHUNK_USERS], config)
+        ]
+
+    def answer(self, decision: Decision) -> dict:
+        """A decision as the answer users see: item ids, the chosen history length, the estimates per length and
+        the return-to-go the items were conditioned on."""
         return {
             "items": self.ids[decision.items].tolist(),
             "chosen_history_length": decision.chosen_length,
             "max_return_estimates": dict(zip(decision.lengths, decision.max_returns.round(4).tolist(), strict=True)),
             "conditioned_return": float(decision.conditioned_returns[decision.lengths.index(decision.chosen_length)]),
         }
+
+    def recommend(self, history: list[str], feedback: list[float] | None, k: int, exclude_seen: bool = True) -> dict:
+        """Top-``k`` items for one user (see ``context``)."""
+        return self.answer(self.decide([self.context(history, feedback, exclude_seen)], k)[0])
 
 
 def recommend(

