@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -53,20 +52,10 @@ def _run(
         raise typer.Exit(2) from None
     render(result)
     if as_json:
+        from tasks.json_output import json_ready
+
         print(json.dumps(json_ready(result), default=str, allow_nan=False))
     return result
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with every float that is not finite (NaN, infinity) replaced by None, at any depth: JSON has no
-    NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(item) for item in value]
-    return value
 
 
 def _render_ingest(summary: dict[str, Any]) -> None:
@@ -575,7 +564,9 @@ def study(
             markdown = Path(result["paths"]["markdown"]).read_text(encoding="utf-8")
             steps.replace_section(Path(results), result["dataset"], budget, markdown)
             result["paths"]["results"] = results
-        return steps.json_ready(result)
+        from tasks.json_output import json_ready
+
+        return json_ready(result)
 
     def render(r: dict[str, Any]) -> None:
         from pathlib import Path

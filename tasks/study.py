@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from mdt4rec_core.config import (
@@ -34,6 +33,7 @@ from mdt4rec_core.config import (
 )
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.study import ARMS, CellInputs, StudyConfig, load_study_config, run_cell, summarise_cells
+from tasks.json_output import json_ready
 from tasks.prefect_task import as_task
 
 PARAM_LIMIT = 6000  # MLflow's longest parameter value
@@ -298,19 +298,6 @@ def _write_text(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (JSON has no NaN) and dict keys as strings."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    return value
 
 
 # -- reporting ---------------------------------------------------------------------------------------------------------
