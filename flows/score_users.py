@@ -24,12 +24,14 @@ def score_users(
     k: int = 10,
     dataset: str | None = None,
     store: str | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Score ``users`` (``all`` or a file of user ids) of ``dataset`` (default: the model's training dataset) in
-    ``store`` (default: conf/pipeline.yaml) with ``model`` (a ``models:/`` URI or a checkpoint folder); the
-    summary, which names every skipped user id's count and first few."""
+    ``store`` (default: conf/pipeline.yaml) with ``model`` (a ``models:/`` URI or a checkpoint folder) on ``device``
+    (default: the model's search settings, auto: CUDA when present); the summary, which names every skipped user
+    id's count and first few."""
     config = load_run_config(store=store)
-    summary = save(score(model, users, k, config.store, dataset, config.tracking))
+    summary = save(score(model, users, k, config.store, dataset, config.tracking, device))
     for line in scoring.skipped_lines(summary):
         print(line)
     create_markdown_artifact(

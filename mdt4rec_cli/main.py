@@ -34,6 +34,11 @@ SetOption = typer.Option(
     "--set train.max_steps=50, --set model.backbone.lora_r=8, --set search.kappa=5, --set evaluation.episodes=20",
 )
 JsonOption = typer.Option(False, "--json", help="Print the figures as one JSON object on the last line.")
+DeviceOption = typer.Option(
+    None,
+    "--device",
+    help="Where the model runs: auto (CUDA when present), cpu, cuda or cuda:N (default: its settings).",
+)
 
 
 def _run(
@@ -437,23 +442,25 @@ def recommend(
     feedback: str | None = typer.Option(None, "--feedback", help="Their feedback, comma separated (raw scale)."),
     k: int = typer.Option(10, "-k", help="How many items."),
     no_search: bool = typer.Option(False, "--no-search", help="Plain DT conditioning on the full history (-Max)."),
+    device: str | None = DeviceOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Recommend the next items for one user with maximum in-support return search."""
+    """Recommend the next items for one user with maximum in-support return search (the checkpoint's settings)."""
 
     def command() -> dict[str, Any]:
         from pathlib import Path
 
         from mdt4rec_core.errors import InputError
         from mdt4rec_core.inference.recommend import recommend as run
-        from mdt4rec_core.inference.search import SearchConfig
+        from mdt4rec_core.model.checkpoint import checkpoint_search
 
         items = [i.strip() for i in history.split(",") if i.strip()]
         try:
             values = [float(v) for v in feedback.split(",")] if feedback else None
         except ValueError:
             raise InputError(f"--feedback must be numbers, got {feedback!r}") from None
-        return run(Path(checkpoint), items, values, k, SearchConfig(search=not no_search))
+        config = checkpoint_search(Path(checkpoint)).model_copy(update={"search": False}) if no_search else None
+        return run(Path(checkpoint), items, values, k, config, device=device)
 
     def render(r: dict[str, Any]) -> None:
         console.print(f"history length used: {r['chosen_history_length']}; items: {', '.join(map(str, r['items']))}")
@@ -485,6 +492,7 @@ def score(
         None, "--dataset", "-d", help="Whose stored logs give the histories (default: the model's training dataset)."
     ),
     store: str | None = StoreOption,
+    device: str | None = DeviceOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Recommend the top-k items to many users at once from their most recent stored events (one batched search per
@@ -495,7 +503,7 @@ def score(
         from tasks import scoring
 
         config = load_run_config(store=store)
-        scored = scoring.score_users(checkpoint, users, k, config.store, dataset, config.tracking)
+        scored = scoring.score_users(checkpoint, users, k, config.store, dataset, config.tracking, device)
         return scoring.save_to_file(scored, out) if out else scoring.save_to_store(scored)
 
     def render(r: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from mdt4rec_core.model.checkpoint import load_checkpoint, save_checkpoint, save
 from mdt4rec_core.model.language import TextCorpus, item_corpus
 from mdt4rec_core.model.losses import trajectory_losses
 from mdt4rec_core.model.network import MDT4Rec
+from mdt4rec_core.model.placement import resolve_device
 from mdt4rec_core.model.text import item_text_embeddings
 
 NO_DECAY = ("bias", "norm", "ln_", "embed", "item_ids", "positions")
@@ -125,9 +126,7 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
     model_config, config = run.model, run.train
     rank, world = _distributed()
     torch.manual_seed(config.seed)
-    device = (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
-    )
+    device = resolve_device(config.device)
     model = MDT4Rec(model_config, data.shape, data.item_text, data.item_factors).to(device)
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))

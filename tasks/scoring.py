@@ -50,14 +50,15 @@ class Scored:
     summary: dict[str, Any]
 
 
-def load_model(source: str, tracking: TrackingConfig) -> tuple[Recommender, str]:
+def load_model(source: str, tracking: TrackingConfig, device: str | None = None) -> tuple[Recommender, str]:
     """The model named by ``source`` and its label: a registered version (``models:/<name>/<version>`` or
-    ``models:/<name>@<alias>``, from MLFLOW_TRACKING_URI or ``tracking``'s URI) or a checkpoint folder."""
+    ``models:/<name>@<alias>``, from MLFLOW_TRACKING_URI or ``tracking``'s URI) or a checkpoint folder, placed on
+    ``device`` (default: its search settings')."""
     if not source.startswith("models:/"):
         checkpoint = Path(source)
         if not checkpoint.is_dir():
             raise InputError(f"{source}: no checkpoint folder there (give a checkpoint folder or a models:/ URI)")
-        return Recommender(checkpoint), f"checkpoint-{checkpoint_hash(checkpoint)}"
+        return Recommender(checkpoint, device=device), f"checkpoint-{checkpoint_hash(checkpoint)}"
     match = REGISTERED.fullmatch(source)
     if match is None:
         raise InputError(f"{source}: not a registered model URI (models:/<name>/<version> or models:/<name>@<alias>)")
@@ -68,7 +69,7 @@ def load_model(source: str, tracking: TrackingConfig) -> tuple[Recommender, str]
     except MlflowException:
         raise InputError(f"{source}: no such registered model version in {tracking_uri(tracking)}") from None
     with tempfile.TemporaryDirectory(prefix="mdt4rec-model-") as folder:
-        recommender = Recommender(download_model(version, Path(folder)) / "artifacts" / "checkpoint")
+        recommender = Recommender(download_model(version, Path(folder)) / "artifacts" / "checkpoint", device=device)
     return recommender, f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}-v{version.version}"
 
 
@@ -83,12 +84,20 @@ def checkpoint_hash(checkpoint: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def score_users(model: str, users: str, k: int, store: str, dataset: str | None, tracking: TrackingConfig) -> Scored:
+def score_users(
+    model: str,
+    users: str,
+    k: int,
+    store: str,
+    dataset: str | None,
+    tracking: TrackingConfig,
+    device: str | None = None,
+) -> Scored:
     """The top-``k`` rows of ``users`` (``all`` or a file of user ids, see ``histories.read_user_ids``) of
-    ``dataset`` (default: the one the model was trained on) in ``store``, scored by ``model`` (see ``load_model``).
-    When no requested user can be scored, an InputError says why."""
+    ``dataset`` (default: the one the model was trained on) in ``store``, scored by ``model`` on ``device`` (see
+    ``load_model``). When no requested user can be scored, an InputError says why."""
     requested = None if users == "all" else read_user_ids(Path(users))
-    recommender, label = load_model(model, tracking)
+    recommender, label = load_model(model, tracking, device)
     dataset = dataset or recommender.dataset
     started = time.perf_counter()
     length = history_length(recommender.model)

@@ -47,3 +47,15 @@ def test_smollm2_first_blocks_with_lora(cache):
     assert len(backbone.model.model.layers) == 4
     trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n and any(t in n for t in ("q_proj", "k_proj", "v_proj")) for n in trainable)
+
+
+def test_a_random_smollm2_has_the_packaged_models_architecture(cache):
+    """``pretrained: false`` builds SmolLM2-135M from its configuration alone (no package needed): the same
+    parameters, shape by shape, as the packaged model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    packaged = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(smollm2_folder(str(cache))))
+    random = Backbone(BackboneConfig(kind="smollm2", pretrained=False, adaptation="frozen"), max_positions=60)
+    shapes = {name: tuple(p.shape) for name, p in packaged.named_parameters()}
+    assert {name: tuple(p.shape) for name, p in random.model.named_parameters()} == shapes
+    assert random.model.config.rope_parameters["rope_theta"] == packaged.config.rope_parameters["rope_theta"]

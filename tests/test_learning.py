@@ -15,7 +15,7 @@ from mdt4rec_core.data.windows import collate, episode_arrays, sample_windows
 from mdt4rec_core.envs.episodes import QuitRuleEpisodes
 from mdt4rec_core.envs.quit_rules import NO_ITEM, DistanceQuit
 from mdt4rec_core.inference.recommend import context_from_history
-from mdt4rec_core.inference.search import _conditioning, _windows
+from mdt4rec_core.inference.search import _conditioning, windows
 from mdt4rec_core.model.network import MDT4Rec
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -95,7 +95,7 @@ def test_training_and_inference_build_identical_tokens_for_the_same_history():
         ModelConfig(context_steps=5, item_dim=8, backbone=BackboneConfig(kind="tiny-gpt2", lora_dropout=0.0)),
         DataShape(items=ITEMS, state_length=4, max_timestep=30, max_return=10.0),
     ).eval()
-    inference = _windows(model, [context], [t + 1], np.array([arrays.returns_to_go[start + t]]))
+    inference = windows(model, [context], [t + 1], np.array([arrays.returns_to_go[start + t]]))
     for name in ("state_items", "state_feedback", "state_mask", "timesteps", "step_mask", "conditioned"):
         assert torch.equal(getattr(training, name), getattr(inference, name)), name
     # Conditioned on the episode's return-to-go at t, inference rebuilds every earlier return-to-go of the window.

@@ -117,6 +117,38 @@ def test_scoring_every_user_gives_k_ranked_unseen_catalogue_items(trained, tmp_p
     assert recs["conditioned_return"].is_finite().all()
 
 
+def test_every_inference_path_places_the_model_on_the_device_it_is_given(trained, tmp_path):
+    """Recommend, the simulator's checkpoint policy and batch scoring take a device (here the only one there is:
+    the CPU), place the model there and answer as with the checkpoint's own setting; a device this machine lacks is
+    one line naming it."""
+    import torch
+
+    from mdt4rec_core.envs.checkpoint_policy import CheckpointPolicy
+    from mdt4rec_core.inference.recommend import Recommender
+    from mdt4rec_core.model.placement import model_device
+
+    default = Recommender(trained.checkpoint)
+    placed = Recommender(trained.checkpoint, device="cpu")
+    assert (default.config.device, placed.config.device) == ("auto", "cpu")
+    assert model_device(placed.model) == torch.device("cpu")
+    history = default.catalogue["item_id"].head(4).to_list()
+    assert placed.recommend(history, None, 5) == default.recommend(history, None, 5)
+    policy = CheckpointPolicy(trained.checkpoint, default.catalogue, device="cpu")
+    assert policy.config.device == "cpu" and model_device(policy.model) == torch.device("cpu")
+
+    summary, _, _ = score_file(trained, tmp_path / "recs.parquet", "-k", "3", "--device", "cpu")
+    assert summary["users_scored"] == ML_100K_USERS
+    if not torch.cuda.is_available():
+        for command in (
+            ["recommend", "--checkpoint", str(trained.checkpoint), "--history", ",".join(history)],
+            ["score", "--checkpoint", str(trained.checkpoint), "--store", str(trained.store)],
+        ):
+            result = mdt4rec(*command, "--device", "cuda")
+            assert result.returncode != 0
+            assert result.stderr.strip().splitlines()[-1].endswith("this machine has no CUDA device (use auto or cpu)")
+            assert "Traceback" not in result.stderr
+
+
 def test_each_user_is_scored_from_their_last_logged_events_as_if_alone(trained, search_calls):
     """One search call per chunk of 256 users, and each user's items equal a search on that user alone whose
     context is built here from the raw log: the last events in time order, the first as the initial item."""

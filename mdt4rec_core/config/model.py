@@ -78,6 +78,7 @@ class DataShape(StrictModel):
 
 
 class TrainConfig(StrictModel):
+    device: str = Field("auto", description="auto (CUDA when present, per torchrun rank), cpu, cuda or cuda:N")
     batch_size: int = Field(32, ge=1)
     max_steps: int = Field(1000, ge=1)
     learning_rate: float = Field(1e-4, gt=0)

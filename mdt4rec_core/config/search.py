@@ -28,3 +28,13 @@ class SearchConfig(StrictModel):
     max_batch_tokens: int | None = Field(
         4096, ge=1, description="each pass runs its packed rows in slices of at most this many tokens"
     )
+    device: str = Field("auto", description="where inference runs: auto (CUDA when present), cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="inference arithmetic: auto is bf16 autocast on CUDA and fp32 on the CPU"
+    )
+    reuse_megabytes: float = Field(
+        4096,
+        ge=0,
+        description="in the simulator loop, keep pass 1's keys and values from step to step while those of a full "
+        "window of every live episode fit in this many MiB (0: re-encode every step)",
+    )

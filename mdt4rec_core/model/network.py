@@ -17,7 +17,7 @@ from mdt4rec_core.config import DataShape, ModelConfig
 from mdt4rec_core.data.batch import TrajectoryBatch
 from mdt4rec_core.model.backbone import Backbone
 from mdt4rec_core.model.embeddings import ResidualMLP, StateEncoder, token_embedding
-from mdt4rec_core.model.packing import TOKENS_PER_STEP, pack_suffixes
+from mdt4rec_core.model.packing import TOKENS_PER_STEP, PackedSuffixes, pack_suffixes
 
 DISTANCE_KNOTS = (0.5, 1.0, 1.5)
 """Knots of the piecewise-linear distance response, in units of the item factors' RMS norm (1)."""
@@ -61,8 +61,7 @@ class ModelOutput:
 @dataclass
 class DecisionOutput:
     """Per candidate (C candidates, user by user): ``action_logits`` (C, I) read from R_t, ``max_return`` (C,) and
-    ``return_bin_logits`` (C, bins) read from s_t without a target, ``returns_to_go`` (C,) the value R_t was
-    conditioned on."""
+    ``return_bin_logits`` (C, bins) read from s_t, ``returns_to_go`` (C,) the value R_t was conditioned on."""
 
     action_logits: torch.Tensor
     max_return: torch.Tensor
@@ -182,31 +181,18 @@ class MDT4Rec(nn.Module):
         logits = self._action_logits(return_hidden[real], distance)
         action_logits = logits.new_zeros(*real.shape, self.shape.items)
         action_logits[real] = logits
-        return ModelOutput(
-            action_logits=action_logits,
-            max_return=self.max_return_head(state_hidden).squeeze(-1) * self.shape.max_return,
-            return_bin_logits=self.return_bin_head(state_hidden),
-        )
+        max_return, bin_logits = self.return_estimates(state_hidden)
+        return ModelOutput(action_logits=action_logits, max_return=max_return, return_bin_logits=bin_logits)
 
-    @torch.no_grad()
-    def decide(
-        self,
-        batch: TrajectoryBatch,
-        lengths: Sequence[Sequence[int]],
-        condition=None,
-        max_batch_tokens: int | None = None,
-    ) -> DecisionOutput:
-        """Outputs of every candidate history length of every user, all candidates in one batch per pass.
+    def _packed_hidden(
+        self, batch: TrajectoryBatch, lengths: Sequence[Sequence[int]], conditioned: bool, max_batch_tokens: int | None
+    ) -> tuple[torch.Tensor, PackedSuffixes]:
+        """Hidden states (R * L, H) of every candidate history length of every user, packed into R rows of L tokens.
 
-        ``batch`` holds one window per user, left-padded so that the decision step t is the last column, with the
-        running returns-to-go; ``lengths[u]`` are user u's candidate lengths w (each keeps the last w steps). The
-        candidates are packed (see ``packing``). Pass 1 runs them with the "no target" token in every R slot and
-        reads Rmax and the return bins at s_t. ``condition(max_return (C,), bin_logits (C, bins)) -> (C,)`` picks each
-        candidate's target R_t (None: the running one, and pass 1 is skipped); pass 2 runs every candidate with its
-        whole return-to-go sequence shifted to end at that target (R_k = target + rewards collected from step k to
-        t - 1, as training windows have it) and reads the action logits at R_t. ``max_batch_tokens`` runs each pass
-        over the packed rows in slices of at most that many tokens (bounded activation memory; None: one call).
-        """
+        ``batch`` holds one window per user, left-padded so that the decision step t is the last column;
+        ``lengths[u]`` are user u's candidate lengths w (each keeps the last w steps). The R slots hold the batch's
+        returns-to-go (``conditioned``) or the "no target" token. ``max_batch_tokens`` runs the packed rows in slices
+        of at most that many tokens (bounded activation memory; None: one call)."""
         b, t = batch.actions.shape
         states, actions, time = self._step_parts(batch)
         width, device = states.shape[-1], states.device
@@ -215,40 +201,51 @@ class MDT4Rec(nn.Module):
         step_index = flat // TOKENS_PER_STEP  # user * t + step
         is_return = (flat % TOKENS_PER_STEP == 1).unsqueeze(-1)
         other = torch.stack([states, torch.zeros_like(states), actions], dim=2).reshape(-1, width)[flat]
-        packed_time = time.reshape(-1, width)[step_index]
-        running = batch.returns_to_go.reshape(-1)[step_index]  # (R, L)
+        returns = batch.returns_to_go.reshape(-1)[step_index]  # (R, L)
+        flags = torch.full(returns.shape, conditioned, device=device)
+        embedded = self._return_embedding(returns, flags) + time.reshape(-1, width)[step_index]
+        tokens = self.norm(torch.where(is_return, embedded, other))
         rows, columns = flat.shape
         step = rows if max_batch_tokens is None else max(1, max_batch_tokens // columns)
-        slices = [slice(start, start + step) for start in range(0, rows, step)]
+        hidden = [
+            self.backbone.packed(tokens[p], packed.mask[p], packed.positions[p])
+            for p in (slice(start, start + step) for start in range(0, rows, step))
+        ]
+        return torch.cat(hidden).reshape(-1, width), packed
 
-        def run(returns: torch.Tensor, conditioned: bool) -> torch.Tensor:
-            """Hidden states (R * L, H) of the packed candidates with ``returns`` (R, L) in their R slots."""
-            flags = torch.full(returns.shape, conditioned, device=device)
-            tokens = self.norm(torch.where(is_return, self._return_embedding(returns, flags) + packed_time, other))
-            hidden = [self.backbone.packed(tokens[p], packed.mask[p], packed.positions[p]) for p in slices]
-            return torch.cat(hidden).reshape(-1, width)
+    def return_estimates(self, state_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., H) hidden states of s_t -> max-return estimate (...,) in return units, return-bin logits
+        (..., bins)."""
+        max_return = self.max_return_head(state_hidden).squeeze(-1) * self.shape.max_return
+        return max_return, self.return_bin_head(state_hidden)
 
-        per_user = torch.as_tensor([len(user) for user in lengths], device=device)
-        current = batch.returns_to_go[:, -1].repeat_interleave(per_user)  # (C,) running R_t
-        if condition is None:
-            target = current
-            hidden = run(running, True)
-        else:
-            state_hidden = run(running, False)[packed.state_slot]
-            max_return = self.max_return_head(state_hidden).squeeze(-1) * self.shape.max_return
-            target = condition(max_return, self.return_bin_head(state_hidden))
-            hidden = run(running + (target - current)[packed.candidate], True)
-        if condition is None:
-            state_hidden = hidden[packed.state_slot]
-            max_return = self.max_return_head(state_hidden).squeeze(-1) * self.shape.max_return
+    @torch.no_grad()
+    def candidate_estimates(
+        self, batch: TrajectoryBatch, lengths: Sequence[Sequence[int]], max_batch_tokens: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass 1 of the search: every candidate (see ``_packed_hidden``) with the "no target" token in every R slot;
+        (max_return (C,), return_bin_logits (C, bins)) read at s_t, candidates numbered user by user."""
+        hidden, packed = self._packed_hidden(batch, lengths, False, max_batch_tokens)
+        return self.return_estimates(hidden[packed.state_slot])
+
+    @torch.no_grad()
+    def decide(
+        self, batch: TrajectoryBatch, lengths: Sequence[Sequence[int]], max_batch_tokens: int | None = None
+    ) -> DecisionOutput:
+        """Pass 2 (and the no-search decision): every candidate conditioned on the batch's returns-to-go (for pass 2,
+        the whole sequence shifted to end at the target: R_k = target + rewards collected from step k to t - 1, as
+        training windows have it); action logits read at R_t, estimates at s_t."""
+        hidden, packed = self._packed_hidden(batch, lengths, True, max_batch_tokens)
+        max_return, bin_logits = self.return_estimates(hidden[packed.state_slot])
+        per_user = torch.as_tensor([len(user) for user in lengths], device=hidden.device)
         distance = self._acted_distance(batch.state_items[:, -1], batch.state_mask[:, -1], batch.timesteps[:, -1])
         if distance is not None:
             distance = distance.repeat_interleave(per_user, dim=0)  # every candidate of a user shares its state
         return DecisionOutput(
             action_logits=self._action_logits(hidden[packed.return_slot], distance),
             max_return=max_return,
-            return_bin_logits=self.return_bin_head(state_hidden),
-            returns_to_go=target,
+            return_bin_logits=bin_logits,
+            returns_to_go=batch.returns_to_go[:, -1].repeat_interleave(per_user),
         )
 
     def parameter_counts(self) -> dict[str, int]:
