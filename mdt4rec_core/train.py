@@ -24,6 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mdt4rec_core.config import DataShape, ModelConfig, RunConfig, TrainConfig, flatten_keys
+from mdt4rec_core.data.batch import TrajectoryBatch
+from mdt4rec_core.data.prefetch import prefetched
 from mdt4rec_core.data.windows import EpisodeArrays, episode_arrays, sample_windows
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.model.checkpoint import load_checkpoint, save_checkpoint, saved_state
@@ -35,6 +37,9 @@ from mdt4rec_core.model.text import item_text_embeddings
 
 NO_DECAY = ("bias", "norm", "ln_", "embed", "item_ids", "positions")
 HISTORY = ("train_loss", "validation_loss", "validation_action_ce")  # [step, value] lists kept across resumes
+READ_BACK_EVERY = 10
+"""Training losses stay on the device and are read back (one host sync) every this many steps, and before a
+validation or a checkpoint."""
 START_FRESH = "train into another --out (or delete {out}) to start fresh"
 
 
@@ -52,6 +57,16 @@ class TrainingData:
     corpus: TextCorpus | None = None  # item texts for the language-model term (pre-trained backbones only)
     item_text: torch.Tensor | None = None  # (I, text_dim) frozen item text embeddings when the model uses them
     item_factors: torch.Tensor | None = None  # (I, factor_dim) frozen item vectors from the logs when it uses them
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What one training step draws: the seed of its dropout, its windows, and item texts for the language-model
+    term (token ids and mask, or None)."""
+
+    torch_seed: int
+    batch: TrajectoryBatch
+    text: tuple[torch.Tensor, torch.Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -136,28 +151,53 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
         start, history = _resume(model, optimizer, scheduler, out, data.metadata, config.max_steps)
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     started, windows = time.perf_counter(), 0
+    pin = device.type == "cuda"
+
+    def step_inputs(step: int) -> StepInputs:
+        """What step ``step`` draws, from a generator that depends only on (seed, rank, step): resumable."""
+        rng = np.random.default_rng([config.seed, rank, step])
+        torch_seed = int(rng.integers(2**62))  # dropout too depends only on (seed, rank, step)
+        batch = sample_windows(
+            data.arrays,
+            data.train_episodes,
+            config.batch_size,
+            model_config.context_steps,
+            rng,
+            config.padding_side,
+            config.unconditioned_fraction,
+        )
+        text = None
+        if data.corpus is not None and model_config.loss.lm_weight > 0:
+            text = data.corpus.sample(config.text_batch_size, rng)
+        if pin:
+            batch = _pinned(batch)
+        return StepInputs(torch_seed, batch, text)
+
+    pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not yet read back
     with _progress_bar(rank) as bar:
         task = bar.add_task("train", total=config.max_steps, completed=start, loss=float("nan"), rate=0.0)
-        for step in range(start, config.max_steps):
+
+        def read_back() -> None:
+            """One host sync for the pending losses: history, progress bar and reports, in step order."""
+            values = torch.stack([loss for _, loss in pending]).float().tolist() if pending else []
+            rate = windows / (time.perf_counter() - started)
+            for (step, _), value in zip(pending, values, strict=True):
+                history["train_loss"].append([step, value])
+                bar.update(task, completed=step, loss=value, rate=rate)
+                if rank == 0 and progress is not None:
+                    progress(StepReport(step, config.max_steps, _values_at(history, step), rate, time.time()))
+            pending.clear()
+
+        for step, inputs in zip(
+            range(start, config.max_steps), prefetched(step_inputs, range(start, config.max_steps)), strict=True
+        ):
             model.train()
-            rng = np.random.default_rng([config.seed, rank, step])
-            torch.manual_seed(int(rng.integers(2**62)))  # dropout too depends only on (seed, rank, step): resumable
-            batch = _to(
-                sample_windows(
-                    data.arrays,
-                    data.train_episodes,
-                    config.batch_size,
-                    model_config.context_steps,
-                    rng,
-                    config.padding_side,
-                    config.unconditioned_fraction,
-                ),
-                device,
-            )
+            torch.manual_seed(inputs.torch_seed)
+            batch = _to(inputs.batch, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 losses = trajectory_losses(trained(batch), batch, model_config, data.shape)
-                if data.corpus is not None and model_config.loss.lm_weight > 0:
-                    ids, mask = data.corpus.sample(config.text_batch_size, rng)
+                if inputs.text is not None:
+                    ids, mask = inputs.text
                     losses["language"] = model.backbone.language_loss(ids.to(device), mask.to(device))
                     losses["total"] = losses["total"] + model_config.loss.lm_weight * losses["language"]
             optimizer.zero_grad(set_to_none=True)
@@ -165,20 +205,19 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss = losses["total"].detach().item()
             windows += config.batch_size
-            history["train_loss"].append([step + 1, loss])
-            rate = windows / (time.perf_counter() - started)
-            bar.update(task, advance=1, loss=loss, rate=rate)
+            pending.append((step + 1, losses["total"].detach()))
             last = step + 1 == config.max_steps
-            if rank == 0 and ((step + 1) % config.validate_every == 0 or last) and len(data.validation_episodes):
+            validate = rank == 0 and ((step + 1) % config.validate_every == 0 or last) and len(data.validation_episodes)
+            save = rank == 0 and ((step + 1) % config.checkpoint_every == 0 or last)
+            if validate:
                 validation = validation_losses(model, data, model_config, config, device)
                 history["validation_loss"].append([step + 1, validation["total"]])
                 history["validation_action_ce"].append([step + 1, validation["action"]])
-            if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or last):
+            if validate or save or last or (step + 1) % READ_BACK_EVERY == 0:
+                read_back()
+            if save:
                 _save(model, optimizer, scheduler, data, run, out, step + 1, history)
-            if rank == 0 and progress is not None:
-                progress(StepReport(step + 1, config.max_steps, _values_at(history, step + 1), rate, time.time()))
     seconds = time.perf_counter() - started
     if world > 1:
         dist.barrier()
@@ -335,7 +374,14 @@ def _distributed() -> tuple[int, int]:
 
 def _to(batch, device):
     for name, value in vars(batch).items():
-        setattr(batch, name, value.to(device))
+        setattr(batch, name, value.to(device, non_blocking=True))
+    return batch
+
+
+def _pinned(batch):
+    """The batch in page-locked host memory, so that copies to the GPU run asynchronously."""
+    for name, value in vars(batch).items():
+        setattr(batch, name, value.pin_memory())
     return batch
 
 

@@ -233,3 +233,28 @@ def test_a_checkpoint_is_a_policy_in_the_simulator(store, tmp_path):
         f"error: {catalogue}: not a readable Parquet file (ComputeError); the checkpoint is damaged: train it again "
         "or restore the folder"
     ]
+
+
+def test_prefetched_work_arrives_in_order_errors_at_their_step_and_stops_when_closed():
+    import threading
+
+    from mdt4rec_core.data.prefetch import prefetched
+
+    made = []
+
+    def make(step):
+        made.append(step)
+        if step == 5:
+            raise ValueError("step 5 failed")
+        return step * 10
+
+    stream = prefetched(make, range(8), depth=2)
+    assert [next(stream) for _ in range(5)] == [0, 10, 20, 30, 40]
+    with pytest.raises(ValueError, match="step 5 failed"):
+        next(stream)
+    assert made == [0, 1, 2, 3, 4, 5]  # nothing after the failure
+
+    endless = prefetched(lambda step: step, iter(int, 1), depth=3)  # would never end by itself
+    assert next(endless) == 0
+    endless.close()
+    assert not any(thread.name == "prefetch" and thread.is_alive() for thread in threading.enumerate())

@@ -10,11 +10,11 @@ Each step appends its 3 new tokens to every row, and the start at t takes the ro
 one window; pass 2, whose returns-to-go move with the target, runs the chosen candidate as ``search`` does
 (``stitch``). The decisions equal ``search``'s (tested over whole episodes, GPT-2 and Llama backbones).
 
-Layout (``SlotCache``): per block, keys and values of shape (K * E, kv_heads, columns, head_dim), slot-major: the
-start s lives in slot s mod K, rows slot * E + episode. Every row writes a step's tokens into the same 3 columns, so
-appending is an in-place write, and a start's row is valid from the column of its first token on. Rows of episodes
-that ended stay until fewer than half the episodes live (then the rows are compacted), columns before every live
-start's first are dropped when the buffer is full, and it doubles when that is not enough.
+Layout (``SlotCache``): per block, keys and values of shape (slots * E, kv_heads, columns, head_dim), slot-major:
+the start s lives in slot s mod K, rows slot * E + episode. Every row writes a step's tokens into the same 3
+columns, so appending is an in-place write, and a start's row is valid from the column of its first token on. Rows
+of episodes that ended stay until fewer than half the episodes live (then the rows are compacted); slots and
+columns double when short (slots up to K), and the columns before every live start's first are dropped then.
 """
 
 from __future__ import annotations
@@ -31,20 +31,21 @@ from mdt4rec_core.model.placement import inference_precision, model_device
 
 class SlotCache:
     """Keys and values of every block, written in place: a ``cache`` for a transformers decoder whose attention
-    calls ``update(keys, values, layer_idx)`` and attends to what it returns. Before a call, ``rows`` (the first rows
-    of the buffers take part) and ``at`` (the first column the call's tokens are written to) are set."""
+    calls ``update(keys, values, layer_idx)`` and attends to what it returns. Buffers hold ``slots`` x ``episodes``
+    rows (slot-major) and ``columns`` columns and are allocated at the first update. Before a call, ``rows`` (the
+    first rows of the buffers take part) and ``at`` (the first column the call's tokens are written to) are set."""
 
-    def __init__(self, rows: int, columns: int):
-        self.capacity_rows, self.capacity_columns = rows, columns
+    def __init__(self, slots: int, episodes: int, columns: int):
+        self.slots, self.episodes, self.columns = slots, episodes, columns
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.rows, self.at = rows, 0
+        self.rows, self.at = 0, 0
 
     def update(
         self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, **_
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``keys``/``values`` (rows, kv_heads, q, head_dim) of the new tokens -> everything up to them."""
         if layer_idx == len(self.layers):
-            shape = (self.capacity_rows, keys.shape[1], self.capacity_columns, keys.shape[3])
+            shape = (self.slots * self.episodes, keys.shape[1], self.columns, keys.shape[3])
             self.layers.append((keys.new_zeros(shape), values.new_zeros(shape)))
         stored_keys, stored_values = self.layers[layer_idx]
         end = self.at + keys.shape[2]
@@ -52,9 +53,27 @@ class SlotCache:
         stored_values[: self.rows, :, self.at : end] = values
         return stored_keys[: self.rows, :, :end], stored_values[: self.rows, :, :end]
 
-    def map(self, function) -> None:
-        """Replace every buffer by ``function(buffer)`` (compaction, growth)."""
-        self.layers = [(function(keys), function(values)) for keys, values in self.layers]
+    def keep_episodes(self, index: torch.Tensor) -> None:
+        """Keep the rows of the episodes ``index`` (positions within a slot), in that order."""
+
+        def keep(buffer: torch.Tensor) -> torch.Tensor:
+            by_slot = buffer.reshape(self.slots, self.episodes, *buffer.shape[1:])
+            return by_slot[:, index.to(buffer.device)].flatten(0, 1)
+
+        self.layers = [(keep(keys), keep(values)) for keys, values in self.layers]
+        self.episodes = len(index)
+
+    def resize(self, slots: int, columns: int, drop_columns: int = 0) -> None:
+        """Grow to ``slots`` slots and ``columns`` columns, the first ``drop_columns`` columns dropped."""
+        kept = self.columns - drop_columns
+
+        def resized(buffer: torch.Tensor) -> torch.Tensor:
+            grown = buffer.new_zeros(slots * self.episodes, buffer.shape[1], columns, buffer.shape[3])
+            grown[: buffer.shape[0], :, : min(kept, columns)] = buffer[:, :, drop_columns : drop_columns + columns]
+            return grown
+
+        self.layers = [(resized(keys), resized(values)) for keys, values in self.layers]
+        self.slots, self.columns = slots, columns
 
     def megabytes(self) -> float:
         return sum(keys.nbytes + values.nbytes for keys, values in self.layers) / 2**20
@@ -137,7 +156,7 @@ class IncrementalSearch:
         slot = t % self.slots
         self.slot_start[slot], self.first_column[slot] = t, self.columns + TOKENS_PER_STEP - 1
         used = min(t + 1, self.slots)  # slots 0 .. used - 1 hold starts
-        self._make_room(len(self.episodes), used, device)
+        self._make_room(len(self.episodes), used)
         kept = len(self.episodes)
         starts = torch.as_tensor(self.slot_start[:used], device=device)
         last = torch.arange(-(TOKENS_PER_STEP - 1), 1, device=device)
@@ -175,39 +194,27 @@ class IncrementalSearch:
         order = {episode: row for row, episode in enumerate(self.episodes)}
         rows = np.array([order[e] for e in episodes], dtype=np.int64)
         if self.cache is not None and 2 * len(episodes) <= len(self.episodes):
-            before, index = len(self.episodes), torch.as_tensor(rows)
-
-            def compact(buffer: torch.Tensor) -> torch.Tensor:
-                by_slot = buffer.reshape(self.slots, before, *buffer.shape[1:])
-                return by_slot[:, index.to(buffer.device)].flatten(0, 1)
-
-            self.cache.map(compact)
-            self.cache.capacity_rows = self.slots * len(episodes)
+            self.cache.keep_episodes(torch.as_tensor(rows))
             self.episodes = episodes
             rows = np.arange(len(episodes))
         return rows
 
-    def _make_room(self, kept: int, used: int, device: torch.device) -> None:
-        """Make sure the buffers hold 3 more columns: drop the columns no used slot reads any more, or double."""
-        needed = self.columns + TOKENS_PER_STEP
+    def _make_room(self, kept: int, used: int) -> None:
+        """Make sure the buffers hold ``used`` slots and 3 more columns: double what is short (slots up to K), after
+        dropping the columns no used slot reads any more."""
         if self.cache is None:
-            self.cache = SlotCache(self.slots * kept, TOKENS_PER_STEP * 2 * self.slots)
-            return
-        if needed <= self.cache.capacity_columns:
-            return
-        drop = int(self.first_column[:used].min())
-        if self.columns - drop + TOKENS_PER_STEP > self.cache.capacity_columns // 2:
-            self.cache.capacity_columns *= 2
-        capacity = self.cache.capacity_columns
-
-        def move(buffer: torch.Tensor) -> torch.Tensor:
-            moved = buffer.new_zeros(*buffer.shape[:2], capacity, buffer.shape[3])
-            moved[:, :, : self.columns - drop] = buffer[:, :, drop : self.columns]
-            return moved
-
-        self.cache.map(move)
-        self.columns -= drop
-        self.first_column -= drop
+            self.cache = SlotCache(min(2, self.slots), kept, TOKENS_PER_STEP * 4)
+        cache = self.cache
+        slots = cache.slots if used <= cache.slots else min(self.slots, 2 * cache.slots)
+        drop, columns = 0, cache.columns
+        if self.columns + TOKENS_PER_STEP > cache.columns:
+            drop = int(self.first_column[:used].min())
+            while self.columns - drop + TOKENS_PER_STEP > columns // 2:
+                columns *= 2
+        if (slots, columns, drop) != (cache.slots, cache.columns, 0):
+            cache.resize(slots, columns, drop)
+            self.columns -= drop
+            self.first_column -= drop
 
 
 def _truncated(context: EpisodeContext, step: int) -> EpisodeContext:
