@@ -8,7 +8,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from mdt4rec_core.config import ReaderFormat, load_run_config
-from tasks.ingest import TASK_STEPS, dataset_to_ingest, run_ingest
+from tasks.ingest import dataset_to_ingest, run_ingest, task_steps
+
+INGEST_TASKS = task_steps()
 
 
 @flow(name="ingest-logs", log_prints=True)
@@ -25,7 +27,7 @@ def ingest_logs(
     ``overrides`` are ``key.path=value`` assignments on the run configuration (e.g. trajectories.state_length=20).
     """
     config = load_run_config(dataset=dataset, overrides=list(overrides or []), store=store)
-    summary = run_ingest(config, dataset_to_ingest(config, source, format), TASK_STEPS)
+    summary = run_ingest(config, dataset_to_ingest(config, source, format), INGEST_TASKS)
     create_markdown_artifact(
         markdown=ingest_summary_markdown(summary),
         key=f"ingest-{_slug(dataset)}",

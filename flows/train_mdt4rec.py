@@ -33,8 +33,10 @@ from mdt4rec_core.config import EvaluationPlan, Profile, RunConfig, ScaleConfig,
 from mdt4rec_core.envs.api import build_env
 from tasks import reporting, tracking, training
 from tasks.deployment import exit_with_parent
-from tasks.ingest import TASK_STEPS, IngestSteps, dataset_to_ingest, run_ingest
+from tasks.ingest import IngestSteps, dataset_to_ingest, run_ingest, task_steps
 from tasks.prefect_task import as_task, run_logger
+
+INGEST_TASKS = task_steps()
 
 RUNS_DIR = Path("runs")
 PREFECT_FLOW_RUN_TAG = "prefect_flow_run_id"
@@ -95,7 +97,7 @@ def train_mdt4rec(
         timeout_seconds=timeouts.connect_tracking,
     )(run.tracking)
     source = dataset_to_ingest(run)
-    ingest = run_ingest(run, source, _with_timeout(TASK_STEPS, timeouts.ingest))
+    ingest = run_ingest(run, source, _with_timeout(INGEST_TASKS, timeouts.ingest))
     run_logger().info(_ingest_line(ingest))
     summary: dict[str, Any] = {"dataset": run.dataset, "profile": run.profile, "ingest": _ingest_view(ingest)}
     name = run.tracking.model_name

@@ -2,7 +2,7 @@
 -> validate and save.
 
 The chain is written once (``run_ingest``) over a table of steps. ``PLAIN_STEPS`` call the functions directly
-(``mdt4rec ingest``); ``TASK_STEPS`` are the same functions as Prefect tasks (the ``ingest-logs`` flow), so that each
+(``mdt4rec ingest``); ``task_steps()`` are the same functions as Prefect tasks (the ``ingest-logs`` flow), so that each
 step shows up as a task run with its own state, logs and duration.
 
 What ``mdt4rec_core`` logs (such as waiting for a writer lock) goes to the console and, inside a Prefect run, into
@@ -13,16 +13,11 @@ publishes it as a markdown artifact.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
-
-from prefect.artifacts import create_markdown_artifact
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.logging.handlers import APILogHandler
 
 from mdt4rec_core.config import DatasetConfig, IngestConfig, ReaderFormat, RunConfig, TrajectoryConfig, resolve_dataset
 from mdt4rec_core.data.ingest import (
@@ -50,7 +45,7 @@ from mdt4rec_core.data.trajectories import (
     trajectory_stats,
 )
 from mdt4rec_core.envs.episodes import stored_episode_rule
-from tasks.prefect_task import as_task
+from tasks.prefect_task import in_a_run
 from tasks.validation import (
     ValidationFailed,
     ValidationReport,
@@ -60,25 +55,6 @@ from tasks.validation import (
     validate_interactions,
     validate_trajectories,
 )
-
-
-def in_a_run() -> bool:
-    """Whether this runs inside a Prefect flow or task run."""
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-def send_core_logs_to_runs() -> None:
-    """Send what ``mdt4rec_core`` logs into the log of the Prefect run it happens in (it reaches the console through
-    the root logger either way); once per process."""
-    core = logging.getLogger("mdt4rec_core")
-    if any(isinstance(handler, APILogHandler) for handler in core.handlers):
-        return
-    handler = APILogHandler()
-    handler.addFilter(lambda _record: in_a_run())
-    core.addHandler(handler)
-
-
-send_core_logs_to_runs()
 
 
 def dataset_to_ingest(run: RunConfig, source: str | None = None, format: ReaderFormat | None = None) -> DatasetConfig:
@@ -112,6 +88,8 @@ def fail_validation(report: ValidationReport, sources: list[str]) -> NoReturn:
     message as a markdown artifact of the run."""
     message = failure_message(report, sources)
     if in_a_run():
+        from prefect.artifacts import create_markdown_artifact
+
         listed = "\n".join(f"- `{source}`" for source in sources)
         create_markdown_artifact(
             markdown=f"# Validation failed\n\nRows of:\n\n{listed}\n\n```\n{message}\n```\n",
@@ -178,7 +156,13 @@ class IngestSteps:
 
 
 PLAIN_STEPS = IngestSteps(plan_logs, read_logs, check_interactions, store_logs, store_side_tables, build_trajectories)
-TASK_STEPS = IngestSteps(*(as_task(step) for step in (getattr(PLAIN_STEPS, f.name) for f in fields(IngestSteps))))
+
+
+def task_steps() -> IngestSteps:
+    """The same steps as Prefect tasks (the flows' chain); Prefect is imported here, not by ``mdt4rec ingest``."""
+    from tasks.prefect_task import as_task
+
+    return IngestSteps(*(as_task(getattr(PLAIN_STEPS, f.name)) for f in fields(IngestSteps)))
 
 
 def run_ingest(config: RunConfig, dataset: DatasetConfig, steps: IngestSteps = PLAIN_STEPS) -> dict[str, Any]:

@@ -264,3 +264,29 @@ def test_json_output_is_strict_json_with_null_for_what_is_not_a_number(smoke_run
     summary = json.loads(line, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
     assert summary["R_cumu_seed_ci95"] is None  # an interval over one seed is not a number
     assert isinstance(summary["R_cumu"], float)
+
+
+HEAVY = ("torch", "prefect", "mlflow", "transformers")
+MODULES_AFTER = """
+import json, runpy, sys
+sys.argv = ["mdt4rec", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("mdt4rec_cli", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "loaded": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+def test_help_and_ingest_start_without_torch_prefect_mlflow_or_transformers(tmp_path):
+    """What `mdt4rec --help` and a plain `mdt4rec ingest` load: none of the heavy libraries (start-up time)."""
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,timestamp,feedback\nu1,i1,1700000000,1\nu1,i2,1700000060,2\nu2,i1,1700000000,3\n")
+    ingest = ["ingest", "--source", str(log), "--format", "csv", "--dataset", "d", "--store", str(tmp_path / "s")]
+    for command in (["--help"], ingest):
+        result = subprocess.run(
+            [sys.executable, "-c", MODULES_AFTER, *command], capture_output=True, text=True, timeout=300
+        )
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report == {"code": 0, "loaded": []}, (command, report, result.stderr[-2000:])

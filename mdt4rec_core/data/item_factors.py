@@ -48,9 +48,10 @@ def factorise_items(
     indicator = sp.csr_matrix((np.ones(len(items)), (user_index, items)), shape=shape)
     rng = np.random.default_rng(seed)
     item_factors = rng.normal(0.0, 0.1, (n_items, dim))
+    by_item = indicator.T.tocsr(), ratings.T.tocsr()
     for _ in range(iterations):
         user_factors = _solve_rows(indicator, ratings, item_factors, regularisation)
-        item_factors = _solve_rows(indicator.T.tocsr(), ratings.T.tocsr(), user_factors, regularisation)
+        item_factors = _solve_rows(*by_item, user_factors, regularisation)
     # ||P q_i - P q_j||^2 / U = (q_i - q_j)^T (P^T P / U) (q_i - q_j): map q -> L^T q with L L^T = P^T P / U.
     metric = user_factors.T @ user_factors / n_users + 1e-9 * np.eye(dim)
     vectors = item_factors @ np.linalg.cholesky(metric)
