@@ -275,8 +275,8 @@ try:
     runpy.run_module("mdt4rec_cli", run_name="__main__")
 except SystemExit as exit:
     code = exit.code
-print(json.dumps({"code": code, "loaded": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({"code": code, "loaded": [m for m in HEAVY if m in sys.modules]}))
+""".replace("HEAVY", repr(HEAVY))
 
 
 def test_help_and_ingest_start_without_torch_prefect_mlflow_or_transformers(tmp_path):
