@@ -30,7 +30,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 PEAK_BF16_FLOPS = 989e12
 """H100/H200 SXM dense bf16 tensor-core peak, FLOP/s."""
@@ -196,7 +195,8 @@ def training_throughput(sizes: Sizes, device) -> list[dict]:
 def search_costs(sizes: Sizes, device) -> list[dict]:
     """Seconds per decision of each search method over whole synthetic episodes, per number of episodes."""
     import torch
-    from inference import synthetic_episodes
+
+    from benchmarks.inference import synthetic_episodes
 
     run, shape, model = network(sizes, device)
     model.eval()
@@ -213,8 +213,7 @@ def search_costs(sizes: Sizes, device) -> list[dict]:
 
 
 def _search_row(model, config, episodes, sizes: Sizes, device) -> dict:
-    from inference import play
-
+    from benchmarks.inference import play
     from mdt4rec_core.inference.incremental import IncrementalSearch
     from mdt4rec_core.inference.search import search, search_one_at_a_time
 
