@@ -376,7 +376,12 @@ def test_the_logged_model_serves_from_an_environment_built_from_its_own_files(tr
     command = [python, "-m", "mlflow", "models", "serve", "-m", str(folder), "--env-manager", "local"]
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=log
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # its own process group: the serving workers it starts stop with it
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -395,13 +400,16 @@ def test_the_logged_model_serves_from_an_environment_built_from_its_own_files(tr
         with urllib.request.urlopen(post, timeout=60) as response:
             answer = json.loads(response.read())["predictions"]
     finally:
-        server.send_signal(signal.SIGTERM)
+        os.killpg(server.pid, signal.SIGTERM)  # the server's PID is its process group's
         server.wait(timeout=60)
         log.close()
     expected = mlflow.pyfunc.load_model(registry).predict(request, params={"k": 4})
     assert [row["items"] for row in answer] == expected["items"].map(list).tolist()
     assert [row["chosen_history_length"] for row in answer] == expected["chosen_history_length"].tolist()
-    assert not _answers(f"{base}/health")  # stopped with the server's process
+    deadline = time.monotonic() + 30
+    while _answers(f"{base}/health") and time.monotonic() < deadline:  # its workers finish their shutdown
+        time.sleep(0.5)
+    assert not _answers(f"{base}/health")  # stopped with the server's process group
 
 
 def _answers(url: str) -> bool:
