@@ -216,3 +216,22 @@ def test_device_settings_name_a_device_this_machine_has():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_a_cache_over_its_bound_gives_way_to_re_encoding():
+    """``search.reuse_megabytes``: a full window's cache for these episodes would not fit, so nothing is kept and
+    the decisions are the re-encoding search's."""
+    model = _model("tiny-gpt2")
+    rng = np.random.default_rng(5)
+    episodes = [_context(rng, 4) for _ in range(3)]
+    config = SearchConfig(top_k=3, reuse_megabytes=1e-4)
+    bounded = IncrementalSearch(model, config)
+    for t in range(4):
+        contexts = [_truncated(context, t) for context in episodes]
+        decisions = bounded.decide(contexts, np.arange(3), seed=t)
+        assert bounded.cache is None  # nothing kept
+        expected = search(model, contexts, config, seed=t)
+        assert [d.items.tolist() for d in decisions] == [d.items.tolist() for d in expected]
+    roomy = IncrementalSearch(model, config.model_copy(update={"reuse_megabytes": 64}))
+    roomy.decide([_truncated(context, 0) for context in episodes], np.arange(3))
+    assert roomy.cache is not None

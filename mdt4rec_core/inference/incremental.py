@@ -28,6 +28,9 @@ from mdt4rec_core.model.network import MDT4Rec
 from mdt4rec_core.model.packing import TOKENS_PER_STEP
 from mdt4rec_core.model.placement import inference_precision, model_device
 
+INITIAL_COLUMNS = 4 * TOKENS_PER_STEP
+"""Columns of a new cache (4 steps); they double as episodes grow."""
+
 
 class SlotCache:
     """Keys and values of every block, written in place: a ``cache`` for a transformers decoder whose attention
@@ -76,7 +79,12 @@ class SlotCache:
         self.slots, self.columns = slots, columns
 
     def megabytes(self) -> float:
+        """What the buffers hold now."""
         return sum(keys.nbytes + values.nbytes for keys, values in self.layers) / 2**20
+
+    def full_window_megabytes(self, slots: int, columns: int) -> float:
+        """What the buffers would hold at ``slots`` slots and ``columns`` columns for the same episodes."""
+        return self.megabytes() * (slots * columns) / (self.slots * self.columns)
 
 
 class IncrementalSearch:
@@ -125,7 +133,8 @@ class IncrementalSearch:
             self.episodes = episodes
             for step in range(t + 1):  # rebuild from the histories, one step at a time
                 estimates = self._advance([_truncated(c, step) for c in contexts], episodes, step)
-                if self.cache.megabytes() > self.config.reuse_megabytes:
+                full = self.cache.full_window_megabytes(self.slots, self._full_window_columns())
+                if full > self.config.reuse_megabytes:
                     self.reset()
                     return search(self.model, contexts, self.config, uniforms, seed)
         lengths = [candidate_lengths(t + 1, self.slots, self.config.delta) for _ in contexts]
@@ -199,11 +208,18 @@ class IncrementalSearch:
             rows = np.arange(len(episodes))
         return rows
 
+    def _full_window_columns(self) -> int:
+        """The columns the buffers double to for a full window (3 tokens per step, K + 1 steps)."""
+        columns = INITIAL_COLUMNS
+        while columns < TOKENS_PER_STEP * (self.slots + 1):
+            columns *= 2
+        return columns
+
     def _make_room(self, kept: int, used: int) -> None:
         """Make sure the buffers hold ``used`` slots and 3 more columns: double what is short (slots up to K), after
         dropping the columns no used slot reads any more."""
         if self.cache is None:
-            self.cache = SlotCache(min(2, self.slots), kept, TOKENS_PER_STEP * 4)
+            self.cache = SlotCache(min(2, self.slots), kept, INITIAL_COLUMNS)
         cache = self.cache
         slots = cache.slots if used <= cache.slots else min(self.slots, 2 * cache.slots)
         drop, columns = 0, cache.columns
