@@ -31,7 +31,7 @@ run: $(INSTALLED)
 	$(BIN)/mdt4rec pipeline --dataset ml-1m --profile cpu
 
 test: $(INSTALLED)
-	$(BIN)/ruff check mdt4rec_core tasks flows mdt4rec_cli tests benchmarks
+	$(BIN)/ruff check mdt4rec_core tasks flows mdt4rec_cli tests benchmarks experiments
 	$(BIN)/python -m pytest
 
 bench: $(INSTALLED)
