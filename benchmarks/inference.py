@@ -51,19 +51,6 @@ def synthetic_episodes(episodes: int, steps: int, items: int, state_length: int,
     ]
 
 
-def prefix(context, step: int):
-    """The history of ``context`` at ``step`` (step + 1 states)."""
-    from mdt4rec_core.inference.search import EpisodeContext
-
-    return EpisodeContext(
-        context.state_items[: step + 1],
-        context.state_feedback[: step + 1],
-        context.state_mask[: step + 1],
-        context.returns_to_go[: step + 1],
-        context.actions[:step],
-    )
-
-
 def play(decide, episodes, steps: int) -> float:
     """Seconds to decide for every episode at every step; ``decide(contexts, numbers)``."""
     import numpy as np
@@ -71,7 +58,7 @@ def play(decide, episodes, steps: int) -> float:
     numbers = np.arange(len(episodes))
     started = time.perf_counter()
     for step in range(steps):
-        decide([prefix(context, step) for context in episodes], numbers)
+        decide([context.at(step) for context in episodes], numbers)
     return time.perf_counter() - started
 
 

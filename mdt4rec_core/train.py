@@ -188,9 +188,8 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
                     progress(StepReport(step, config.max_steps, _values_at(history, step), rate, time.time()))
             pending.clear()
 
-        for step, inputs in zip(
-            range(start, config.max_steps), prefetched(step_inputs, range(start, config.max_steps)), strict=True
-        ):
+        steps = range(start, config.max_steps)
+        for step, inputs in zip(steps, prefetched(step_inputs, steps), strict=True):
             model.train()
             torch.manual_seed(inputs.torch_seed)
             batch = _to(inputs.batch, device)

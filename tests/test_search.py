@@ -141,17 +141,6 @@ def test_without_search_only_the_full_history_is_used():
     )
 
 
-def _truncated(context, step):
-    return EpisodeContext(
-        context.state_items[: step + 1],
-        context.state_feedback[: step + 1],
-        context.state_mask[: step + 1],
-        context.returns_to_go[: step + 1],
-        context.actions[:step],
-        context.forbidden,
-    )
-
-
 @pytest.mark.parametrize(
     ("kind", "conditioning", "delta"),
     [("tiny-gpt2", "max_return", 2), ("tiny-llama", "expert_sample", 2), ("tiny-llama", "max_return", 3)],
@@ -168,7 +157,7 @@ def test_incremental_search_equals_re_encoding_over_whole_episodes(kind, conditi
     cached, joining = IncrementalSearch(model, config), IncrementalSearch(model, config)
     for t in range(steps):
         live = np.array([e for e in range(len(episodes)) if t < ends[e]])
-        contexts = [_truncated(episodes[e], t) for e in live]
+        contexts = [episodes[e].at(t) for e in live]
         expected = search(model, contexts, config, seed=t)
         got = [cached.decide(contexts, live, seed=t)]
         if t >= K:
@@ -227,11 +216,11 @@ def test_a_cache_over_its_bound_gives_way_to_re_encoding():
     config = SearchConfig(top_k=3, reuse_megabytes=1e-4)
     bounded = IncrementalSearch(model, config)
     for t in range(4):
-        contexts = [_truncated(context, t) for context in episodes]
+        contexts = [context.at(t) for context in episodes]
         decisions = bounded.decide(contexts, np.arange(3), seed=t)
         assert bounded.cache is None  # nothing kept
         expected = search(model, contexts, config, seed=t)
         assert [d.items.tolist() for d in decisions] == [d.items.tolist() for d in expected]
     roomy = IncrementalSearch(model, config.model_copy(update={"reuse_megabytes": 64}))
-    roomy.decide([_truncated(context, 0) for context in episodes], np.arange(3))
+    roomy.decide([context.at(0) for context in episodes], np.arange(3))
     assert roomy.cache is not None

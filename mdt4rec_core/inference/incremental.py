@@ -132,7 +132,7 @@ class IncrementalSearch:
             self.reset()
             self.episodes = episodes
             for step in range(t + 1):  # rebuild from the histories, one step at a time
-                estimates = self._advance([_truncated(c, step) for c in contexts], episodes, step)
+                estimates = self._advance([c.at(step) for c in contexts], episodes, step)
                 full = self.cache.full_window_megabytes(self.slots, self._full_window_columns())
                 if full > self.config.reuse_megabytes:
                     self.reset()
@@ -231,15 +231,3 @@ class IncrementalSearch:
             cache.resize(slots, columns, drop)
             self.columns -= drop
             self.first_column -= drop
-
-
-def _truncated(context: EpisodeContext, step: int) -> EpisodeContext:
-    """The context as it was at ``step`` (its first step + 1 states)."""
-    return EpisodeContext(
-        state_items=context.state_items[: step + 1],
-        state_feedback=context.state_feedback[: step + 1],
-        state_mask=context.state_mask[: step + 1],
-        returns_to_go=context.returns_to_go[: step + 1],
-        actions=context.actions[:step],
-        forbidden=context.forbidden,
-    )

@@ -51,6 +51,17 @@ class EpisodeContext:
     def steps(self) -> int:
         return len(self.returns_to_go)
 
+    def at(self, step: int) -> EpisodeContext:
+        """The context as it was at the decision of ``step`` (its first step + 1 states)."""
+        return EpisodeContext(
+            state_items=self.state_items[: step + 1],
+            state_feedback=self.state_feedback[: step + 1],
+            state_mask=self.state_mask[: step + 1],
+            returns_to_go=self.returns_to_go[: step + 1],
+            actions=self.actions[:step],
+            forbidden=self.forbidden,
+        )
+
 
 @dataclass
 class Decision:
