@@ -213,6 +213,8 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
                 validation = validation_losses(model, data, model_config, config, device)
                 history["validation_loss"].append([step + 1, validation["total"]])
                 history["validation_action_ce"].append([step + 1, validation["action"]])
+                if "reward" in validation:
+                    history.setdefault("validation_reward_mse", []).append([step + 1, validation["reward"]])
             if validate or save or last or (step + 1) % READ_BACK_EVERY == 0:
                 read_back()
             if save:
@@ -229,6 +231,7 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
         "train_loss_last": losses_seen[-1][1] if losses_seen else None,
         "val_loss": history["validation_loss"][-1][1] if history["validation_loss"] else None,
         "val_action_ce": history["validation_action_ce"][-1][1] if history["validation_action_ce"] else None,
+        "val_reward_mse": history["validation_reward_mse"][-1][1] if history.get("validation_reward_mse") else None,
         "popularity_action_ce": popularity_cross_entropy(data),
         "uniform_action_ce": math.log(data.shape.items),
         **counts,
@@ -267,9 +270,10 @@ def _validation_batches(data: TrainingData, model_config: ModelConfig, config: T
 def validation_losses(
     model: MDT4Rec, data: TrainingData, model_config: ModelConfig, config: TrainConfig, device: torch.device
 ) -> dict[str, float]:
-    """Mean ``total`` loss and held-out action cross-entropy (``action``, nats) over the validation windows."""
+    """Mean ``total`` loss, held-out action cross-entropy (``action``, nats) and, with a reward head, the mean squared
+    error of its predicted rewards (``reward``) over the validation windows."""
     model.eval()
-    sums = {"total": 0.0, "action": 0.0}
+    sums = {"total": 0.0, "action": 0.0, **({"reward": 0.0} if model_config.reward_head else {})}
     for batch in _validation_batches(data, model_config, config):
         losses = trajectory_losses(model(_to(batch, device)), batch, model_config, data.shape)
         for name in sums:

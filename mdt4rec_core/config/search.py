@@ -25,6 +25,12 @@ class SearchConfig(StrictModel):
     decoding: Literal["argmax", "sample"] = "argmax"
     sample_from: int = Field(50, ge=1, description="sample: draw among the best this many items")
     temperature: float = Field(1.0, gt=0, description="sample: softmax temperature of the draw")
+    reward_weight: float = Field(
+        0.0,
+        ge=0,
+        description="items are ranked by their action logits plus this times their predicted reward (the policy "
+        "tilted by exp(weight * reward); needs a model trained with model.reward_head)",
+    )
     max_batch_tokens: int | None = Field(
         4096, ge=1, description="each pass runs its packed rows in slices of at most this many tokens"
     )

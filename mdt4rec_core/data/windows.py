@@ -25,7 +25,7 @@ class EpisodeArrays:
 
     ``starts``/``lengths`` (E,) locate each episode's steps; ``users`` (E,) its user id. Per step (S rows):
     ``state_items`` (S, N) catalogue indices with padding = ``items``, ``state_feedback`` (S, N), ``state_mask``
-    (S, N), ``returns_to_go`` (S,), ``actions`` (S,), ``timesteps`` (S,).
+    (S, N), ``returns_to_go`` (S,), ``rewards`` (S,), ``actions`` (S,), ``timesteps`` (S,).
     """
 
     starts: np.ndarray
@@ -35,6 +35,7 @@ class EpisodeArrays:
     state_feedback: np.ndarray
     state_mask: np.ndarray
     returns_to_go: np.ndarray
+    rewards: np.ndarray
     actions: np.ndarray
     timesteps: np.ndarray
     items: int
@@ -72,6 +73,7 @@ def episode_arrays(steps: pl.DataFrame, state_length: int, items: int) -> Episod
         state_feedback=padded["feedback"].to_numpy().astype(np.float32),
         state_mask=np.arange(state_length)[None, :] < width[:, None],
         returns_to_go=steps["return_to_go"].to_numpy().astype(np.float32),
+        rewards=steps["reward"].to_numpy().astype(np.float32),
         actions=steps["action"].to_numpy().astype(np.int64),
         timesteps=steps["step"].to_numpy().astype(np.int64),
         items=items,
@@ -116,6 +118,7 @@ def collate(
     feedback = np.zeros((b, context, n), dtype=np.float32)
     item_mask = np.zeros((b, context, n), dtype=bool)
     returns = np.zeros((b, context), dtype=np.float32)
+    rewards = np.zeros((b, context), dtype=np.float32)
     actions = np.full((b, context), pad, dtype=np.int64)
     timesteps = np.zeros((b, context), dtype=np.int64)
     step_mask = np.zeros((b, context), dtype=bool)
@@ -127,10 +130,11 @@ def collate(
         feedback[row, target] = arrays.state_feedback[source]
         item_mask[row, target] = arrays.state_mask[source]
         returns[row, target] = arrays.returns_to_go[source]
+        rewards[row, target] = arrays.rewards[source]
         actions[row, target] = arrays.actions[source]
         timesteps[row, target] = arrays.timesteps[source]
         step_mask[row, target] = True
     flags = np.ones(b, dtype=bool) if conditioned is None else np.asarray(conditioned, dtype=bool)
     return TrajectoryBatch(
-        *(torch.as_tensor(a) for a in (items, feedback, item_mask, returns, actions, timesteps, step_mask, flags))
+        *(torch.as_tensor(a) for a in (items, feedback, item_mask, returns, rewards, actions, timesteps, step_mask, flags))
     )

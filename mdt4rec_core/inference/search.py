@@ -102,6 +102,7 @@ def windows(
         state_feedback=np.concatenate([c.state_feedback for c in contexts]).astype(np.float32),
         state_mask=np.concatenate([c.state_mask for c in contexts]),
         returns_to_go=np.concatenate([c.returns_to_go for c in contexts]).astype(np.float32),
+        rewards=np.zeros(int(steps.sum()), dtype=np.float32),  # training targets only
         actions=np.concatenate([np.append(c.actions, pad) for c in contexts]).astype(np.int64),  # a_t: unknown
         timesteps=np.concatenate([np.arange(s) for s in steps]),
         items=pad,
@@ -173,7 +174,8 @@ def stitch(
     chosen = np.concatenate(lengths)[best].tolist()
     batch = windows(model, contexts, chosen, targets[best].numpy())
     output = model.decide(batch, [[w] for w in chosen], config.max_batch_tokens)
-    return _decide(contexts, lengths, output.action_logits.float().cpu(), max_returns, targets, config, seed)
+    scores = item_scores(output.action_logits, output.item_rewards, config)
+    return _decide(contexts, lengths, scores, max_returns, targets, config, seed)
 
 
 @torch.no_grad()
@@ -200,7 +202,7 @@ def _search(model, contexts, config, uniforms, seed) -> list[Decision]:
         return _decide(
             contexts,
             lengths,
-            output.action_logits.float().cpu(),
+            item_scores(output.action_logits, output.item_rewards, config),
             output.max_return.float().cpu(),
             output.returns_to_go.float().cpu(),
             config,
@@ -233,7 +235,7 @@ def _search_one_at_a_time(model, contexts, config, uniforms, seed) -> list[Decis
         if not config.search:  # conditioned on the running return-to-go
             running = context.returns_to_go[-1:].astype(np.float32)
             output = model(windows(model, [context], candidates, running), last_step_only=True)
-            logits.append(output.action_logits[:, -1])
+            logits.append(item_scores(output.action_logits[:, -1], _last(output.item_rewards), config))
             max_returns.append(output.max_return[:, -1])
             conditioned.append(torch.as_tensor(running))
             continue
@@ -246,10 +248,24 @@ def _search_one_at_a_time(model, contexts, config, uniforms, seed) -> list[Decis
             row += 1
         best = int(np.argmax(torch.cat(estimates).numpy()))
         second = model(windows(model, [context], [candidates[best]], targets[best].numpy()), last_step_only=True)
-        logits.append(second.action_logits[:, -1])
+        logits.append(item_scores(second.action_logits[:, -1], _last(second.item_rewards), config))
         max_returns.extend(estimates)
         conditioned.extend(targets)
     return _decide(contexts, lengths, torch.cat(logits), torch.cat(max_returns), torch.cat(conditioned), config, seed)
+
+
+def item_scores(logits: torch.Tensor, item_rewards: torch.Tensor | None, config: SearchConfig) -> torch.Tensor:
+    """(rows, I) action logits -> (rows, I) fp32 CPU scores the items are ranked by: the logits plus
+    ``config.reward_weight`` times ``item_rewards`` (rows, I), the model's predicted rewards."""
+    if config.reward_weight == 0:
+        return logits.float().cpu()
+    if item_rewards is None:
+        raise ValueError("search.reward_weight > 0 needs a model trained with model.reward_head: true")
+    return (logits.float() + config.reward_weight * item_rewards.float()).cpu()
+
+
+def _last(values: torch.Tensor | None) -> torch.Tensor | None:
+    return None if values is None else values[:, -1]
 
 
 def _decide(contexts, lengths, logits, max_returns, conditioned, config: SearchConfig, seed: int) -> list[Decision]:

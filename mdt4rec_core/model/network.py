@@ -1,5 +1,6 @@
 """The MDT4Rec network: per step the tokens (state s_t, return-to-go R_t, action a_t), in that order, through a causal
-LM backbone; action logits read from R_t, the max-return estimate and return-bin logits read from s_t.
+LM backbone; action logits read from R_t, the max-return estimate, return-bin logits and (``reward_head``) every
+item's predicted reward read from s_t.
 
 Shapes: B windows, T steps per window (<= context_steps), N items per state, I catalogue items, H backbone width,
 D item width (id embedding plus optional frozen text embedding).
@@ -49,24 +50,30 @@ def nearest_acted_distance(
 
 @dataclass
 class ModelOutput:
-    """``action_logits`` (B, T, I) from R_t; ``max_return`` (B, T) (in return units) and ``return_bin_logits``
-    (B, T, bins) from s_t. Returns-to-go enter and the max-return head leaves the network scaled by
+    """``action_logits`` (B, T, I) from R_t; ``max_return`` (B, T) (in return units), ``return_bin_logits``
+    (B, T, bins), ``action_rewards`` (B, T) (the predicted reward of the window's action at each step) and, for the
+    last step only (T = 1), ``item_rewards`` (B, 1, I) (every item's predicted reward) from s_t; the last two are None
+    without ``reward_head``. Returns-to-go enter and the max-return head leaves the network scaled by
     ``shape.max_return``, so both live in [0, 1]."""
 
     action_logits: torch.Tensor
     max_return: torch.Tensor
     return_bin_logits: torch.Tensor
+    action_rewards: torch.Tensor | None = None
+    item_rewards: torch.Tensor | None = None
 
 
 @dataclass
 class DecisionOutput:
-    """Per candidate (C candidates, user by user): ``action_logits`` (C, I) read from R_t, ``max_return`` (C,) and
-    ``return_bin_logits`` (C, bins) read from s_t, ``returns_to_go`` (C,) the value R_t was conditioned on."""
+    """Per candidate (C candidates, user by user): ``action_logits`` (C, I) read from R_t, ``max_return`` (C,),
+    ``return_bin_logits`` (C, bins) and ``item_rewards`` (C, I) (every item's predicted reward; None without
+    ``reward_head``) read from s_t, ``returns_to_go`` (C,) the value R_t was conditioned on."""
 
     action_logits: torch.Tensor
     max_return: torch.Tensor
     return_bin_logits: torch.Tensor
     returns_to_go: torch.Tensor
+    item_rewards: torch.Tensor | None = None
 
 
 class MDT4Rec(nn.Module):
@@ -111,6 +118,9 @@ class MDT4Rec(nn.Module):
             self.distance_weights = nn.Linear(width, 1 + len(DISTANCE_KNOTS))
             nn.init.zeros_(self.distance_weights.weight)
             nn.init.zeros_(self.distance_weights.bias)
+        if config.reward_head:
+            self.reward_head = ResidualMLP(width, item_width)
+            self.reward_bias = nn.Parameter(torch.zeros(shape.items))
         self.max_return_head = nn.Linear(width, 1)
         self.return_bin_head = nn.Linear(width, config.return_bins)
 
@@ -157,6 +167,20 @@ class MDT4Rec(nn.Module):
             logits = logits + weights[..., k] * torch.relu(distance - knot)
         return logits
 
+    def item_rewards(self, state_hidden: torch.Tensor) -> torch.Tensor | None:
+        """(..., H) hidden states of s_t -> (..., I) every item's predicted reward at this step (None without
+        ``reward_head``): a bilinear score of the state against the item vectors, plus a per-item bias."""
+        if not hasattr(self, "reward_head"):
+            return None
+        return self.reward_head(state_hidden) @ self._catalogue(state_hidden.device).T + self.reward_bias
+
+    def _action_rewards(self, state_hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
+        """(..., H) hidden states of s_t and (...,) the actions taken -> (...,) their predicted rewards."""
+        if not hasattr(self, "reward_head"):
+            return None
+        actions = actions.clamp(max=self.shape.items - 1)  # padding steps: any item, the loss masks them
+        return (self.reward_head(state_hidden) * self.item_vectors(actions)).sum(-1) + self.reward_bias[actions]
+
     def _acted_distance(self, state_items, state_mask, timesteps) -> torch.Tensor | None:
         """``nearest_acted_distance`` of the given states when the distance head is on (no gradient flows)."""
         if not hasattr(self, "distance_weights"):
@@ -182,7 +206,13 @@ class MDT4Rec(nn.Module):
         action_logits = logits.new_zeros(*real.shape, self.shape.items)
         action_logits[real] = logits
         max_return, bin_logits = self.return_estimates(state_hidden)
-        return ModelOutput(action_logits=action_logits, max_return=max_return, return_bin_logits=bin_logits)
+        return ModelOutput(
+            action_logits=action_logits,
+            max_return=max_return,
+            return_bin_logits=bin_logits,
+            action_rewards=self._action_rewards(state_hidden, batch.actions[:, steps]),
+            item_rewards=self.item_rewards(state_hidden) if last_step_only else None,
+        )
 
     def _packed_hidden(
         self, batch: TrajectoryBatch, lengths: Sequence[Sequence[int]], conditioned: bool, max_batch_tokens: int | None
@@ -236,7 +266,8 @@ class MDT4Rec(nn.Module):
         the whole sequence shifted to end at the target: R_k = target + rewards collected from step k to t - 1, as
         training windows have it); action logits read at R_t, estimates at s_t."""
         hidden, packed = self._packed_hidden(batch, lengths, True, max_batch_tokens)
-        max_return, bin_logits = self.return_estimates(hidden[packed.state_slot])
+        state_hidden = hidden[packed.state_slot]
+        max_return, bin_logits = self.return_estimates(state_hidden)
         per_user = torch.as_tensor([len(user) for user in lengths], device=hidden.device)
         distance = self._acted_distance(batch.state_items[:, -1], batch.state_mask[:, -1], batch.timesteps[:, -1])
         if distance is not None:
@@ -246,6 +277,7 @@ class MDT4Rec(nn.Module):
             max_return=max_return,
             return_bin_logits=bin_logits,
             returns_to_go=batch.returns_to_go[:, -1].repeat_interleave(per_user),
+            item_rewards=self.item_rewards(state_hidden),
         )
 
     def parameter_counts(self) -> dict[str, int]:
