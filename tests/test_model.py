@@ -166,7 +166,9 @@ def test_the_reward_head_scores_the_taken_action_as_it_scores_every_item_and_its
     losses = trajectory_losses(full, batch, config, SHAPE)
     assert torch.allclose(losses["reward"], (full.action_rewards - batch.rewards).square().mean())
     without = {name: value for name, value in losses.items() if name not in ("reward", "total")}
-    rest = without["action"] + config.loss.max_weight * without["max_return"] + config.loss.bin_weight * without[
-        "return_bin"
-    ]
+    rest = (
+        without["action"]
+        + config.loss.max_weight * without["max_return"]
+        + config.loss.bin_weight * without["return_bin"]
+    )
     assert torch.allclose(losses["total"], rest + config.loss.reward_weight * losses["reward"])

@@ -16,7 +16,8 @@ class TrajectoryBatch:
 
     ``state_items`` (B, T, N) long, ``state_feedback`` (B, T, N) float, ``state_mask`` (B, T, N) bool,
     ``returns_to_go`` (B, T) float, ``rewards`` (B, T) float the step's own reward (a training target of the reward
-    head, never an input; 0 where unknown, as at inference), ``actions`` (B, T) long, ``timesteps`` (B, T) long, ``step_mask`` (B, T) bool,
+    head, never an input; 0 where unknown, as at inference), ``actions`` (B, T) long, ``timesteps`` (B, T) long,
+    ``step_mask`` (B, T) bool,
     ``conditioned`` (B,) bool: the window's R tokens carry its returns-to-go (false: every R token is the learned
     "no target" token, the input the max-return and return-bin heads are read from at inference).
     """

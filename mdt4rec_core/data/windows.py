@@ -136,5 +136,8 @@ def collate(
         step_mask[row, target] = True
     flags = np.ones(b, dtype=bool) if conditioned is None else np.asarray(conditioned, dtype=bool)
     return TrajectoryBatch(
-        *(torch.as_tensor(a) for a in (items, feedback, item_mask, returns, rewards, actions, timesteps, step_mask, flags))
+        *(
+            torch.as_tensor(a)
+            for a in (items, feedback, item_mask, returns, rewards, actions, timesteps, step_mask, flags)
+        )
     )
