@@ -41,6 +41,7 @@ class Sizes:
     overrides: list[str]
     items: int
     batch_sizes: list[int]
+    compiled_batch_sizes: list[int]
     train_steps: int
     warmup_steps: int
     users: list[int]
@@ -57,6 +58,7 @@ FULL = Sizes(
     overrides=["model.backbone.pretrained=false"],
     items=3706,
     batch_sizes=[64, 256, 1024],
+    compiled_batch_sizes=[256],
     train_steps=20,
     warmup_steps=3,
     users=[256, 2048],
@@ -72,6 +74,7 @@ DRY_RUN = Sizes(
     overrides=["model.backbone.kind=tiny-llama", "model.context_steps=4"],
     items=40,
     batch_sizes=[2, 4],
+    compiled_batch_sizes=[2],
     train_steps=2,
     warmup_steps=1,
     users=[3, 5],
@@ -138,7 +141,8 @@ def network(sizes: Sizes, device):
 
 
 def training_throughput(sizes: Sizes, device) -> list[dict]:
-    """Windows/s, tokens/s, peak memory and MFU of training steps (AdamW, bf16 autocast on CUDA) per batch size."""
+    """Windows/s, tokens/s, peak memory and MFU of training steps (AdamW, bf16 autocast on CUDA) per batch size, and
+    with the backbone compiled (``train.compile``; the warm-up steps pay the compilation) at ``compiled_batch_sizes``."""
     import numpy as np
     import torch
 
@@ -147,16 +151,24 @@ def training_throughput(sizes: Sizes, device) -> list[dict]:
     from mdt4rec_core.train import parameter_groups
 
     rows = []
-    for batch_size in sizes.batch_sizes:
+    runs = [(b, False) for b in sizes.batch_sizes] + [(b, True) for b in sizes.compiled_batch_sizes]
+    for batch_size, compiled in runs:
         run, shape, model = network(sizes, device)
         model.train()
+        if compiled:
+            model.backbone.compile()
         n, flops_per_token = backbone_flops_per_token(model)
         optimizer = torch.optim.AdamW(parameter_groups(model, run.train), lr=run.train.learning_rate)
         arrays = synthetic_arrays(max(64, batch_size), 40, sizes.items, shape.state_length, shape.max_return)
         episodes = np.arange(len(arrays.lengths))
         rng = np.random.default_rng(0)
         context = run.model.context_steps
-        row = {"batch_size": batch_size, "backbone_parameters": n, "flops_per_token": flops_per_token}
+        row = {
+            "batch_size": batch_size,
+            "compiled": compiled,
+            "backbone_parameters": n,
+            "flops_per_token": flops_per_token,
+        }
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -309,12 +321,13 @@ def markdown(result: dict) -> str:
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["training"]:
+        batch = f"{row['batch_size']}{' (compiled)' if row['compiled'] else ''}"
         if "error" in row:
-            lines.append(f"| {row['batch_size']} | {row['error']} | | | | |")
+            lines.append(f"| {batch} | {row['error']} | | | | |")
             continue
         memory = "–" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.1f}"
         lines.append(
-            f"| {row['batch_size']} | {row['windows_per_second']:,.0f} | {row['tokens_per_second']:,.0f} | {memory} | "
+            f"| {batch} | {row['windows_per_second']:,.0f} | {row['tokens_per_second']:,.0f} | {memory} | "
             f"{row['mfu']:.1%} | {row['seconds_per_step']:.3f} |"
         )
     lines += [

@@ -143,6 +143,8 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     model = MDT4Rec(model_config, data.shape, data.item_text, data.item_factors).to(device)
+    if config.compile:
+        model.backbone.compile()  # in place: parameter names, and so checkpoints, stay as they are
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, config))
     state_file, checkpoint = out / "training_state.json", out / "checkpoint"

@@ -31,7 +31,8 @@ def test_the_gpu_benchmark_runs_every_part_on_the_cpu_with_dry_run(tmp_path):
     run("gpu.py", "--dry-run", "--out", str(tmp_path))
     result = json.loads((tmp_path / "gpu.json").read_text())
     assert result["dry_run"] and result["device_name"] == "CPU"
-    assert [row["batch_size"] for row in result["training"]] == [2, 4]
+    runs = [(row["batch_size"], row["compiled"]) for row in result["training"]]
+    assert runs == [(2, False), (4, False), (2, True)]  # the last with the backbone compiled
     for row in result["training"]:
         assert row["windows_per_second"] > 0
         assert row["tokens_per_second"] == pytest.approx(row["windows_per_second"] * 3 * 4)
@@ -42,7 +43,7 @@ def test_the_gpu_benchmark_runs_every_part_on_the_cpu_with_dry_run(tmp_path):
         assert row["cached_vs_plain"] == pytest.approx(row["cached search"] / row["plain DT (no search)"])
     assert result["evaluation"]["episodes"] == 6 and result["evaluation"]["episodes_per_second"] > 0
     table = (tmp_path / "gpu.md").read_text()
-    assert "| 4 |" in table and "MFU" in table and "loop / cached" in table
+    assert "| 4 |" in table and "| 2 (compiled) |" in table and "MFU" in table and "loop / cached" in table
 
 
 def test_the_search_benchmark_compares_the_methods_over_whole_episodes():

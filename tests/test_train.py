@@ -16,7 +16,7 @@ from mdt4rec_core.data.trajectories import load_trajectories
 from mdt4rec_core.data.windows import collate, episode_arrays
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.inference.recommend import recommend
-from mdt4rec_core.model.checkpoint import load_checkpoint
+from mdt4rec_core.model.checkpoint import load_checkpoint, read_run_config
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -63,8 +63,10 @@ def last_json(result):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_tiny_preset_trains_and_the_checkpoint_round_trips(store, tmp_path):
-    summary = train_tiny(store, tmp_path / "run", 120)
+def test_tiny_preset_trains_compiled_and_the_checkpoint_round_trips(store, tmp_path):
+    """Trained with the backbone compiled (``train.compile``), the checkpoint loads into a plain network."""
+    summary = train_tiny(store, tmp_path / "run", 120, "--set", "train.compile=true")
+    assert read_run_config(tmp_path / "run" / "checkpoint").train.compile
     keys = {
         "steps",
         "train_loss_first",

@@ -92,6 +92,9 @@ class TrainConfig(StrictModel):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(0.25, gt=0)
+    compile: bool = Field(
+        False, description="compile the backbone with torch.compile for training (the first steps pay the compilation)"
+    )
     new_parameters_lr_scale: float = Field(
         3.0, gt=0, description="learning-rate factor of the parameters outside the backbone (embeddings, heads)"
     )
