@@ -142,7 +142,8 @@ def network(sizes: Sizes, device):
 
 def training_throughput(sizes: Sizes, device) -> list[dict]:
     """Windows/s, tokens/s, peak memory and MFU of training steps (AdamW, bf16 autocast on CUDA) per batch size, and
-    with the backbone compiled (``train.compile``; the warm-up steps pay the compilation) at ``compiled_batch_sizes``."""
+    with the backbone compiled (``train.compile``; the warm-up steps pay the compilation) at
+    ``compiled_batch_sizes``."""
     import numpy as np
     import torch
 
