@@ -104,8 +104,11 @@ def test_unknown_format_and_dataset_are_one_line_errors(tmp_path):
 
 
 def test_movielens_1m_from_the_installed_package(tmp_path):
+    """The whole of MovieLens-1M in, cut by session (the quit-rule cut needs the simulator built first, about a
+    minute on ML-1M; tests/test_env_datasets.py and tests/test_learning.py test it on MovieLens-100K)."""
     store = tmp_path / "store"
-    summary = last_json(mdt4rec("ingest", "--dataset", "ml-1m", "--store", str(store), "--json"))
+    args = ("--dataset", "ml-1m", "--store", str(store), "--set", "trajectories.cut_by=session", "--json")
+    summary = last_json(mdt4rec("ingest", *args))
     assert (summary["rows_read"], summary["rows_accepted"], summary["rows_quarantined"]) == (1_000_209, 1_000_209, 0)
     # The trajectory set leaves out the users the strict protocol holds out (conf/pipeline.yaml, as every profile).
     trained_on = Store(store).scan_interactions("ml-1m").filter(~held_out(pl.col("user_id"))).collect()
