@@ -81,6 +81,12 @@ ARMS: dict[str, Arm] = {
         {},
         {"decoding": "sample"},
     ),
+    "mdt4rec-quality": Arm(
+        "model",
+        "the policy's 20 best items ordered by their logged quality (shrunk mean logged reward)",
+        {},
+        {"decoding": "quality"},
+    ),
     "mdt4rec-linear": Arm("model", "linear embeddings", {"embedding": "linear"}),
     "mdt4rec-factors": Arm(
         "model", "without the item vectors from the logs (and so without the distance head)", {"item_factors": False}

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mdt4rec_core.config import DataShape, ModelConfig, RunConfig, TrainConfig, flatten_keys
 from mdt4rec_core.data.batch import TrajectoryBatch
+from mdt4rec_core.data.item_quality import QUALITY_PRIOR_WEIGHT, shrunk_means
 from mdt4rec_core.data.prefetch import prefetched
 from mdt4rec_core.data.windows import EpisodeArrays, episode_arrays, sample_windows
 from mdt4rec_core.errors import InputError
@@ -57,6 +58,7 @@ class TrainingData:
     corpus: TextCorpus | None = None  # item texts for the language-model term (pre-trained backbones only)
     item_text: torch.Tensor | None = None  # (I, text_dim) frozen item text embeddings when the model uses them
     item_factors: torch.Tensor | None = None  # (I, factor_dim) frozen item vectors from the logs when it uses them
+    item_quality: torch.Tensor | None = None  # (I,) shrunk mean reward of each item over the training episodes
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,22 @@ def data_shape(steps: pl.DataFrame, items: int, factor_dim: int) -> DataShape:
 def training_data(
     steps: pl.DataFrame, catalogue: pl.DataFrame, shape: DataShape, config: TrainConfig, metadata: dict
 ) -> TrainingData:
-    """Episodes of users whose id hashes below ``validation_fraction`` are kept for validation."""
+    """Episodes of users whose id hashes below ``validation_fraction`` are kept for validation; the item quality is
+    read from the training episodes only."""
     arrays = episode_arrays(steps, shape.state_length, catalogue.height)
     validation = validation_users(pl.Series(arrays.users), config.validation_fraction).to_numpy()
-    return TrainingData(arrays, np.flatnonzero(~validation), np.flatnonzero(validation), catalogue, shape, metadata)
+    train_episodes, validation_episodes = np.flatnonzero(~validation), np.flatnonzero(validation)
+    rows = arrays.step_rows(train_episodes)
+    quality = shrunk_means(arrays.actions[rows], arrays.rewards[rows], catalogue.height, QUALITY_PRIOR_WEIGHT)
+    return TrainingData(
+        arrays,
+        train_episodes,
+        validation_episodes,
+        catalogue,
+        shape,
+        metadata,
+        item_quality=torch.as_tensor(quality, dtype=torch.float32),
+    )
 
 
 def validation_users(user_ids: pl.Series, fraction: float) -> pl.Series:
@@ -142,7 +156,7 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
     rank, world = _distributed()
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    model = MDT4Rec(model_config, data.shape, data.item_text, data.item_factors).to(device)
+    model = MDT4Rec(model_config, data.shape, data.item_text, data.item_factors, data.item_quality).to(device)
     if config.compile:
         model.backbone.compile()  # in place: parameter names, and so checkpoints, stay as they are
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
@@ -215,8 +229,6 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
                 validation = validation_losses(model, data, model_config, config, device)
                 history["validation_loss"].append([step + 1, validation["total"]])
                 history["validation_action_ce"].append([step + 1, validation["action"]])
-                if "reward" in validation:
-                    history.setdefault("validation_reward_mse", []).append([step + 1, validation["reward"]])
             if validate or save or last or (step + 1) % READ_BACK_EVERY == 0:
                 read_back()
             if save:
@@ -233,7 +245,6 @@ def train(run: RunConfig, data: TrainingData, out: Path, progress: Callable[[Ste
         "train_loss_last": losses_seen[-1][1] if losses_seen else None,
         "val_loss": history["validation_loss"][-1][1] if history["validation_loss"] else None,
         "val_action_ce": history["validation_action_ce"][-1][1] if history["validation_action_ce"] else None,
-        "val_reward_mse": history["validation_reward_mse"][-1][1] if history.get("validation_reward_mse") else None,
         "popularity_action_ce": popularity_cross_entropy(data),
         "uniform_action_ce": math.log(data.shape.items),
         **counts,
@@ -272,10 +283,9 @@ def _validation_batches(data: TrainingData, model_config: ModelConfig, config: T
 def validation_losses(
     model: MDT4Rec, data: TrainingData, model_config: ModelConfig, config: TrainConfig, device: torch.device
 ) -> dict[str, float]:
-    """Mean ``total`` loss, held-out action cross-entropy (``action``, nats) and, with a reward head, the mean squared
-    error of its predicted rewards (``reward``) over the validation windows."""
+    """Mean ``total`` loss and held-out action cross-entropy (``action``, nats) over the validation windows."""
     model.eval()
-    sums = {"total": 0.0, "action": 0.0, **({"reward": 0.0} if model_config.reward_head else {})}
+    sums = {"total": 0.0, "action": 0.0}
     for batch in _validation_batches(data, model_config, config):
         losses = trajectory_losses(model(_to(batch, device)), batch, model_config, data.shape)
         for name in sums:
@@ -289,11 +299,8 @@ def popularity_cross_entropy(data: TrainingData) -> float | None:
     if not len(data.validation_episodes):
         return None
     arrays = data.arrays
-    steps = lambda episodes: np.concatenate(  # noqa: E731
-        [np.arange(arrays.starts[e], arrays.starts[e] + arrays.lengths[e]) for e in episodes]
-    )
-    counts = np.bincount(arrays.actions[steps(data.train_episodes)], minlength=arrays.items) + 1.0
-    return float(-np.log(counts / counts.sum())[arrays.actions[steps(data.validation_episodes)]].mean())
+    counts = np.bincount(arrays.actions[arrays.step_rows(data.train_episodes)], minlength=arrays.items) + 1.0
+    return float(-np.log(counts / counts.sum())[arrays.actions[arrays.step_rows(data.validation_episodes)]].mean())
 
 
 def _save(model, optimizer, scheduler, data: TrainingData, run: RunConfig, out: Path, step: int, history: dict) -> None:

@@ -33,7 +33,6 @@ def _batch(seed=0, b=2):
         state_feedback=torch.rand(b, T, N, generator=g),
         state_mask=torch.rand(b, T, N, generator=g) > 0.3,
         returns_to_go=torch.rand(b, T, generator=g) * 10,
-        rewards=torch.rand(b, T, generator=g),
         actions=torch.randint(0, ITEMS, (b, T), generator=g),
         timesteps=torch.arange(T).repeat(b, 1),
         step_mask=torch.ones(b, T, dtype=torch.bool),
@@ -151,24 +150,3 @@ def test_last_step_only_equals_the_last_step_of_the_full_forward():
         full, last = model(batch), model(batch, last_step_only=True)
     assert torch.allclose(full.action_logits[:, -1:], last.action_logits, atol=1e-6)
     assert torch.allclose(full.max_return[:, -1:], last.max_return, atol=1e-6)
-
-
-def test_the_reward_head_scores_the_taken_action_as_it_scores_every_item_and_its_loss_is_the_squared_error():
-    torch.manual_seed(0)
-    config = ModelConfig(context_steps=T, item_dim=8, reward_head=True, backbone=BackboneConfig(lora_dropout=0.0))
-    model = MDT4Rec(config, SHAPE).eval()
-    batch = _batch(5, b=3)
-    with torch.no_grad():
-        full, last = model(batch), model(batch, last_step_only=True)
-    assert full.item_rewards is None and last.item_rewards.shape == (3, 1, ITEMS)
-    taken = last.item_rewards[:, 0].gather(1, batch.actions[:, -1:]).squeeze(1)
-    assert torch.allclose(full.action_rewards[:, -1], taken, atol=1e-5)
-    losses = trajectory_losses(full, batch, config, SHAPE)
-    assert torch.allclose(losses["reward"], (full.action_rewards - batch.rewards).square().mean())
-    without = {name: value for name, value in losses.items() if name not in ("reward", "total")}
-    rest = (
-        without["action"]
-        + config.loss.max_weight * without["max_return"]
-        + config.loss.bin_weight * without["return_bin"]
-    )
-    assert torch.allclose(losses["total"], rest + config.loss.reward_weight * losses["reward"])

@@ -22,20 +22,15 @@ from mdt4rec_core.model.placement import inference_precision, resolve_device
 ITEMS, N, K = 25, 3, 6
 
 
-def _model(kind, reward_head=True):
+def _model(kind, quality=True):
     """A random model whose action head uses item factors and the distance response (weights made non-zero), with a
-    reward head."""
+    random item quality (or none, as in checkpoints trained before it was kept)."""
     torch.manual_seed(1)
     model = MDT4Rec(
-        ModelConfig(
-            context_steps=K,
-            item_dim=8,
-            return_bins=12,
-            reward_head=reward_head,
-            backbone=BackboneConfig(kind=kind, lora_dropout=0.0),
-        ),
+        ModelConfig(context_steps=K, item_dim=8, return_bins=12, backbone=BackboneConfig(kind=kind, lora_dropout=0.0)),
         DataShape(items=ITEMS, state_length=N, max_timestep=30, max_return=10.0, factor_dim=4),
         item_factors=torch.randn(ITEMS, 4),
+        item_quality=torch.rand(ITEMS) if quality else None,
     )
     torch.nn.init.normal_(model.distance_weights.weight)
     return model
@@ -76,20 +71,19 @@ def test_decide_takes_the_candidate_with_the_largest_estimate_and_masks_forbidde
 
 
 @pytest.mark.parametrize(
-    ("kind", "conditioning", "search_lengths", "max_batch_tokens", "decoding", "reward_weight"),
+    ("kind", "conditioning", "search_lengths", "max_batch_tokens", "decoding"),
     [
-        ("tiny-gpt2", "max_return", True, None, "argmax", 0.0),
-        ("tiny-gpt2", "expert_sample", True, 20, "sample", 0.0),  # slices of one row
-        ("tiny-gpt2", "expert_sample", False, None, "argmax", 3.0),
-        ("tiny-llama", "max_return", True, 40, "sample", 3.0),
-        ("tiny-llama", "expert_sample", True, None, "argmax", 0.0),
-        ("tiny-llama", "expert_sample", False, 4096, "sample", 0.0),
-        ("tiny-llama", "max_return", True, None, "argmax", 3.0),
+        ("tiny-gpt2", "max_return", True, None, "argmax"),
+        ("tiny-gpt2", "expert_sample", True, 20, "sample"),  # slices of one row
+        ("tiny-gpt2", "expert_sample", False, None, "argmax"),
+        ("tiny-llama", "max_return", True, 40, "sample"),
+        ("tiny-llama", "expert_sample", True, None, "argmax"),
+        ("tiny-llama", "expert_sample", False, 4096, "sample"),
+        ("tiny-gpt2", "max_return", True, None, "quality"),
+        ("tiny-llama", "max_return", False, None, "quality"),
     ],
 )
-def test_batched_search_equals_the_one_at_a_time_loop(
-    kind, conditioning, search_lengths, max_batch_tokens, decoding, reward_weight
-):
+def test_batched_search_equals_the_one_at_a_time_loop(kind, conditioning, search_lengths, max_batch_tokens, decoding):
     model = _model(kind)
     rng = np.random.default_rng(0)
     contexts = [_context(rng, steps, forbid=steps % 2 == 0) for steps in (1, 2, 5, 6, 9, 14)]
@@ -101,8 +95,8 @@ def test_batched_search_equals_the_one_at_a_time_loop(
         search=search_lengths,
         decoding=decoding,
         sample_from=8,
+        quality_from=8,
         max_batch_tokens=max_batch_tokens,
-        reward_weight=reward_weight,
     )
     batched = search(model, contexts, config, seed=3)
     looped = search_one_at_a_time(model, contexts, config, seed=3)
@@ -117,24 +111,21 @@ def test_batched_search_equals_the_one_at_a_time_loop(
             assert not context.forbidden[decision.items].any()
 
 
-def test_the_reward_weight_ranks_items_by_logits_plus_the_weighted_predicted_reward():
-    """The chosen candidate's pass-2 logits plus weight x the reward head's predictions at s_t give the ranking; a
-    weight the model cannot honour (no reward head) is an error."""
+def test_quality_decoding_orders_the_policys_best_items_by_their_logged_quality():
+    """The items are the ``quality_from`` best allowed items of the argmax decoding, best quality first; a checkpoint
+    without item quality cannot decode by it."""
     model = _model("tiny-gpt2")
-    rng = np.random.default_rng(2)
-    contexts = [_context(rng, steps) for steps in (1, 4, 7)]
-    plain, tilted = (search(model, contexts, SearchConfig(top_k=ITEMS, reward_weight=w)) for w in (0.0, 50.0))
-    for context, before, after in zip(contexts, plain, tilted, strict=True):
-        assert after.chosen_length == before.chosen_length  # the weight changes the ranking, not the candidate
-        target = np.array([after.conditioned_returns[after.lengths.index(after.chosen_length)]], dtype=np.float32)
-        batch = windows(model, [context], [after.chosen_length], target)
-        with torch.no_grad():
-            output = model.decide(batch, [[after.chosen_length]])
-        scores = output.action_logits[0] + 50.0 * output.item_rewards[0]
-        assert after.items.tolist() == torch.argsort(scores, descending=True, stable=True).tolist()
-    assert any(a.items[0] != b.items[0] for a, b in zip(plain, tilted, strict=True))
-    with pytest.raises(ValueError, match="reward_head"):
-        search(_model("tiny-gpt2", reward_head=False), contexts, SearchConfig(reward_weight=1.0))
+    rng = np.random.default_rng(5)
+    contexts = [_context(rng, steps, forbid=True) for steps in (1, 3, 8)]
+    pool = search(model, contexts, SearchConfig(top_k=6))
+    chosen = search(model, contexts, SearchConfig(top_k=3, decoding="quality", quality_from=6))
+    quality = model.item_quality.numpy()
+    for argmax, decision, context in zip(pool, chosen, contexts, strict=True):
+        assert decision.chosen_length == argmax.chosen_length
+        expected = sorted(argmax.items.tolist(), key=lambda item: -quality[item])[:3]
+        assert decision.items.tolist() == expected and not context.forbidden[decision.items].any()
+    with pytest.raises(InputError, match="no item quality"):
+        search(_model("tiny-gpt2", quality=False), contexts, SearchConfig(decoding="quality"))
 
 
 def test_packing_keeps_each_candidate_to_its_own_tokens():
@@ -173,14 +164,10 @@ def test_without_search_only_the_full_history_is_used():
 
 
 @pytest.mark.parametrize(
-    ("kind", "conditioning", "delta", "reward_weight"),
-    [
-        ("tiny-gpt2", "max_return", 2, 0.0),
-        ("tiny-llama", "expert_sample", 2, 0.0),
-        ("tiny-llama", "max_return", 3, 3.0),
-    ],
+    ("kind", "conditioning", "delta"),
+    [("tiny-gpt2", "max_return", 2), ("tiny-llama", "expert_sample", 2), ("tiny-llama", "max_return", 3)],
 )
-def test_incremental_search_equals_re_encoding_over_whole_episodes(kind, conditioning, delta, reward_weight):
+def test_incremental_search_equals_re_encoding_over_whole_episodes(kind, conditioning, delta):
     """Episodes longer than K (starts retire), some ending early (rows dropped): at every step the cached search
     decides as the search that re-encodes every candidate; a search joining mid-episode rebuilds its caches."""
     model = _model(kind)
@@ -188,7 +175,7 @@ def test_incremental_search_equals_re_encoding_over_whole_episodes(kind, conditi
     steps = 2 * K + 1
     episodes = [_context(rng, steps) for _ in range(8)]
     ends = [steps, steps, 4, steps, 9, 1, 2, 3]  # episode e is live at steps t < ends[e]
-    config = SearchConfig(delta=delta, conditioning=conditioning, kappa=2.0, top_k=4, reward_weight=reward_weight)
+    config = SearchConfig(delta=delta, conditioning=conditioning, kappa=2.0, top_k=4)
     cached, joining = IncrementalSearch(model, config), IncrementalSearch(model, config)
     for t in range(steps):
         live = np.array([e for e in range(len(episodes)) if t < ends[e]])

@@ -2,21 +2,25 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from mdt4rec_core.config import SearchConfig
 from mdt4rec_core.data.trajectories import load_trajectories
 from mdt4rec_core.data.windows import collate, episode_arrays
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.inference.recommend import recommend
 from mdt4rec_core.model.checkpoint import load_checkpoint, read_run_config
+from mdt4rec_core.train import validation_users
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -89,6 +93,24 @@ def test_tiny_preset_trains_compiled_and_the_checkpoint_round_trips(store, tmp_p
         first, second = model(batch), again(batch)
     assert torch.equal(first.action_logits, second.action_logits) and torch.equal(first.max_return, second.max_return)
     assert metadata["dataset"] == "ml-100k" and metadata["feedback_max"] == 5.0
+
+    # The item quality: each item's reward over the training users' steps, shrunk toward the mean by 20 pseudo-steps.
+    training = trajectories.steps.filter(~validation_users(trajectories.steps["user_id"], 0.05))
+    per_item = training.group_by("action").agg(pl.col("reward").sum().alias("sum"), pl.len().alias("n"))
+    overall = training["reward"].mean()
+    sums, counts = np.zeros(catalogue.height), np.zeros(catalogue.height)
+    sums[per_item["action"].to_numpy()], counts[per_item["action"].to_numpy()] = per_item["sum"], per_item["n"]
+    assert np.allclose(model.item_quality.numpy(), (sums + 20 * overall) / (counts + 20), atol=1e-6)
+    # A checkpoint written before the quality was kept still loads; decoding by quality is then one clear error.
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "run" / "checkpoint", old)
+    weights = load_file(str(old / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if k != "item_quality"}, str(old / "model.safetensors"))
+    assert not load_checkpoint(old)[0].item_quality.any()
+    quality = SearchConfig(decoding="quality")
+    with pytest.raises(InputError, match="no item quality"):
+        recommend(old, ["1", "50"], [5, 4], k=3, config=quality)
+    assert len(recommend(tmp_path / "run" / "checkpoint", ["1", "50"], [5, 4], k=3, config=quality)["items"]) == 3
 
     answer = recommend(tmp_path / "run" / "checkpoint", ["1", "50", "181"], [5, 4, 1], k=7)
     assert len(answer["items"]) == 7 and not {"1", "50", "181"} & set(answer["items"])

@@ -13,6 +13,7 @@ import polars as pl
 from pydantic import Field
 
 from mdt4rec_core.config import StrictModel
+from mdt4rec_core.data.item_quality import shrunk_means
 from mdt4rec_core.envs.simulator import Observation
 
 _CHUNK = 64
@@ -26,12 +27,7 @@ class LogRuleConfig(StrictModel):
 
 def shrunk_mean_feedback(steps: pl.DataFrame, items: int, prior_weight: float) -> np.ndarray:
     """(items,) each item's mean logged feedback, shrunk toward the global mean by ``prior_weight`` pseudo-ratings."""
-    actions = steps["action"].to_numpy()
-    feedback = steps["feedback"].to_numpy()
-    counts = np.bincount(actions, minlength=items).astype(np.float64)
-    sums = np.bincount(actions, weights=feedback, minlength=items)
-    overall = sums.sum() / max(counts.sum(), 1.0)
-    return (sums + prior_weight * overall) / (counts + prior_weight)
+    return shrunk_means(steps["action"].to_numpy(), steps["feedback"].to_numpy(), items, prior_weight)
 
 
 class LogRulePolicy:

@@ -34,13 +34,11 @@ class BackboneConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """L = CE(action) + max_weight * expectile_alpha(R - Rmax) + bin_weight * CE(return bin)
-    + reward_weight * MSE(reward) + lm_weight * L_LM (the reward term with ``reward_head`` only)."""
+    """L = CE(action) + max_weight * expectile_alpha(R - Rmax) + bin_weight * CE(return bin) + lm_weight * L_LM."""
 
     expectile: float = Field(0.99, gt=0, lt=1)
     max_weight: float = Field(0.5, ge=0)
     bin_weight: float = Field(0.001, ge=0)
-    reward_weight: float = Field(1.0, ge=0)
     lm_weight: float = Field(0.1, ge=0)
 
 
@@ -59,11 +57,6 @@ class ModelConfig(StrictModel):
         True,
         description="the action head also scores each item by its distance (in the log-factor space) to the items "
         "already acted on in the episode, with weights read from R_t (needs item_factors)",
-    )
-    reward_head: bool = Field(
-        False,
-        description="a head that predicts, from s_t, the reward of every catalogue item at this step (trained on the "
-        "logged action's reward); the search can add it to the action logits (search.reward_weight)",
     )
     embedding: Literal["mlp", "linear"] = "mlp"
     state_encoder: Literal["mean", "gru", "sasrec"] = "mean"

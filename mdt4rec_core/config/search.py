@@ -22,15 +22,14 @@ class SearchConfig(StrictModel):
     kappa: float = Field(10.0, ge=0, description="expert weight on the normalised bin position r in [0, 1]")
     top_k: int = Field(10, ge=1, description="items returned per decision")
     search: bool = Field(True, description="false: the -Max ablation (full history, no search)")
-    decoding: Literal["argmax", "sample"] = "argmax"
-    sample_from: int = Field(50, ge=1, description="sample: draw among the best this many items")
-    temperature: float = Field(1.0, gt=0, description="sample: softmax temperature of the draw")
-    reward_weight: float = Field(
-        0.0,
-        ge=0,
-        description="items are ranked by their action logits plus this times their predicted reward (the policy "
-        "tilted by exp(weight * reward); needs a model trained with model.reward_head)",
+    decoding: Literal["argmax", "sample", "quality"] = Field(
+        "argmax",
+        description="argmax: the best items by the action logits; sample: a draw among them; quality: the policy's "
+        "best quality_from items, ordered by their quality in the training logs (shrunk mean logged reward)",
     )
+    sample_from: int = Field(50, ge=1, description="sample: draw among the best this many items")
+    quality_from: int = Field(20, ge=1, description="quality: order the best this many items by their logged quality")
+    temperature: float = Field(1.0, gt=0, description="sample: softmax temperature of the draw")
     max_batch_tokens: int | None = Field(
         4096, ge=1, description="each pass runs its packed rows in slices of at most this many tokens"
     )

@@ -15,9 +15,7 @@ class TrajectoryBatch:
     """One batch of windows. Padding steps have ``step_mask`` false; padding items use index ``items`` (I).
 
     ``state_items`` (B, T, N) long, ``state_feedback`` (B, T, N) float, ``state_mask`` (B, T, N) bool,
-    ``returns_to_go`` (B, T) float, ``rewards`` (B, T) float the step's own reward (a training target of the reward
-    head, never an input; 0 where unknown, as at inference), ``actions`` (B, T) long, ``timesteps`` (B, T) long,
-    ``step_mask`` (B, T) bool,
+    ``returns_to_go`` (B, T) float, ``actions`` (B, T) long, ``timesteps`` (B, T) long, ``step_mask`` (B, T) bool,
     ``conditioned`` (B,) bool: the window's R tokens carry its returns-to-go (false: every R token is the learned
     "no target" token, the input the max-return and return-bin heads are read from at inference).
     """
@@ -26,7 +24,6 @@ class TrajectoryBatch:
     state_feedback: torch.Tensor
     state_mask: torch.Tensor
     returns_to_go: torch.Tensor
-    rewards: torch.Tensor
     actions: torch.Tensor
     timesteps: torch.Tensor
     step_mask: torch.Tensor

@@ -40,6 +40,12 @@ class EpisodeArrays:
     timesteps: np.ndarray
     items: int
 
+    def step_rows(self, episodes: np.ndarray) -> np.ndarray:
+        """(steps,) the rows of every step of ``episodes`` (indices), episode by episode."""
+        if not len(episodes):
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(self.starts[e], self.starts[e] + self.lengths[e]) for e in episodes])
+
 
 def episode_arrays(steps: pl.DataFrame, state_length: int, items: int) -> EpisodeArrays:
     """Flatten ``steps`` (TRAJECTORY_SCHEMA) into arrays; states longer than ``state_length`` keep their newest
@@ -118,7 +124,6 @@ def collate(
     feedback = np.zeros((b, context, n), dtype=np.float32)
     item_mask = np.zeros((b, context, n), dtype=bool)
     returns = np.zeros((b, context), dtype=np.float32)
-    rewards = np.zeros((b, context), dtype=np.float32)
     actions = np.full((b, context), pad, dtype=np.int64)
     timesteps = np.zeros((b, context), dtype=np.int64)
     step_mask = np.zeros((b, context), dtype=bool)
@@ -130,14 +135,10 @@ def collate(
         feedback[row, target] = arrays.state_feedback[source]
         item_mask[row, target] = arrays.state_mask[source]
         returns[row, target] = arrays.returns_to_go[source]
-        rewards[row, target] = arrays.rewards[source]
         actions[row, target] = arrays.actions[source]
         timesteps[row, target] = arrays.timesteps[source]
         step_mask[row, target] = True
     flags = np.ones(b, dtype=bool) if conditioned is None else np.asarray(conditioned, dtype=bool)
     return TrajectoryBatch(
-        *(
-            torch.as_tensor(a)
-            for a in (items, feedback, item_mask, returns, rewards, actions, timesteps, step_mask, flags)
-        )
+        *(torch.as_tensor(a) for a in (items, feedback, item_mask, returns, actions, timesteps, step_mask, flags))
     )

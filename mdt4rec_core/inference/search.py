@@ -8,8 +8,11 @@ towards high returns, p(R | expert) proportional to exp(kappa r) p(R) with r the
 (``expert_sample``, as EDT does). Pass 2 runs every candidate with its whole return-to-go sequence ending at that
 target (the target plus the rewards collected since each step, as training windows have it) and reads the action
 logits. The recommendation comes from the candidate with the largest Rmax_w, so pass 2 runs that candidate only;
-forbidden items are masked and items chosen by ``argmax`` or by ``sample`` (Gumbel top-k among the ``sample_from``
-best items at ``temperature``).
+forbidden items are masked and items chosen by ``argmax``, by ``sample`` (Gumbel top-k among the ``sample_from``
+best items at ``temperature``) or by ``quality``: the policy's ``quality_from`` best items ordered by their shrunk
+mean reward in the training logs, a batch-constrained choice (as BCQ constrains its Q-maximisation to the actions its
+behaviour model gives enough probability): the policy decides where the episode can go, the logs' ratings which of
+those items.
 
 All candidates of all users go through pass 1 as one batch: the candidates of a user are suffixes of one window,
 packed without padding under a block-diagonal causal mask (``mdt4rec_core.model.packing``). Across the steps of
@@ -27,6 +30,7 @@ import torch
 
 from mdt4rec_core.config import SearchConfig
 from mdt4rec_core.data.windows import EpisodeArrays, collate
+from mdt4rec_core.errors import InputError
 from mdt4rec_core.model.network import MDT4Rec
 from mdt4rec_core.model.placement import inference_precision, model_device
 
@@ -102,7 +106,7 @@ def windows(
         state_feedback=np.concatenate([c.state_feedback for c in contexts]).astype(np.float32),
         state_mask=np.concatenate([c.state_mask for c in contexts]),
         returns_to_go=np.concatenate([c.returns_to_go for c in contexts]).astype(np.float32),
-        rewards=np.zeros(int(steps.sum()), dtype=np.float32),  # training targets only
+        rewards=np.zeros(int(steps.sum()), dtype=np.float32),  # not read at inference
         actions=np.concatenate([np.append(c.actions, pad) for c in contexts]).astype(np.int64),  # a_t: unknown
         timesteps=np.concatenate([np.arange(s) for s in steps]),
         items=pad,
@@ -174,8 +178,8 @@ def stitch(
     chosen = np.concatenate(lengths)[best].tolist()
     batch = windows(model, contexts, chosen, targets[best].numpy())
     output = model.decide(batch, [[w] for w in chosen], config.max_batch_tokens)
-    scores = item_scores(output.action_logits, output.item_rewards, config)
-    return _decide(contexts, lengths, scores, max_returns, targets, config, seed)
+    logits = output.action_logits.float().cpu()
+    return _decide(contexts, lengths, logits, max_returns, targets, config, seed, item_quality(model, config))
 
 
 @torch.no_grad()
@@ -202,11 +206,12 @@ def _search(model, contexts, config, uniforms, seed) -> list[Decision]:
         return _decide(
             contexts,
             lengths,
-            item_scores(output.action_logits, output.item_rewards, config),
+            output.action_logits.float().cpu(),
             output.max_return.float().cpu(),
             output.returns_to_go.float().cpu(),
             config,
             seed,
+            item_quality(model, config),
         )
     max_returns, bin_logits = model.candidate_estimates(batch, lengths, config.max_batch_tokens)
     return stitch(model, contexts, lengths, max_returns, bin_logits, config, uniforms, seed)
@@ -235,7 +240,7 @@ def _search_one_at_a_time(model, contexts, config, uniforms, seed) -> list[Decis
         if not config.search:  # conditioned on the running return-to-go
             running = context.returns_to_go[-1:].astype(np.float32)
             output = model(windows(model, [context], candidates, running), last_step_only=True)
-            logits.append(item_scores(output.action_logits[:, -1], _last(output.item_rewards), config))
+            logits.append(output.action_logits[:, -1])
             max_returns.append(output.max_return[:, -1])
             conditioned.append(torch.as_tensor(running))
             continue
@@ -248,29 +253,42 @@ def _search_one_at_a_time(model, contexts, config, uniforms, seed) -> list[Decis
             row += 1
         best = int(np.argmax(torch.cat(estimates).numpy()))
         second = model(windows(model, [context], [candidates[best]], targets[best].numpy()), last_step_only=True)
-        logits.append(item_scores(second.action_logits[:, -1], _last(second.item_rewards), config))
+        logits.append(second.action_logits[:, -1])
         max_returns.extend(estimates)
         conditioned.extend(targets)
-    return _decide(contexts, lengths, torch.cat(logits), torch.cat(max_returns), torch.cat(conditioned), config, seed)
+    quality = item_quality(model, config)
+    return _decide(
+        contexts, lengths, torch.cat(logits), torch.cat(max_returns), torch.cat(conditioned), config, seed, quality
+    )
 
 
-def item_scores(logits: torch.Tensor, item_rewards: torch.Tensor | None, config: SearchConfig) -> torch.Tensor:
-    """(rows, I) action logits -> (rows, I) fp32 CPU scores the items are ranked by: the logits plus
-    ``config.reward_weight`` times ``item_rewards`` (rows, I), the model's predicted rewards."""
-    if config.reward_weight == 0:
-        return logits.float().cpu()
-    if item_rewards is None:
-        raise ValueError("search.reward_weight > 0 needs a model trained with model.reward_head: true")
-    return (logits.float() + config.reward_weight * item_rewards.float()).cpu()
+def item_quality(model: MDT4Rec, config: SearchConfig) -> torch.Tensor | None:
+    """(I,) the model's item quality on the CPU when ``config`` decodes by it, else None; a model trained before the
+    quality was kept is an InputError."""
+    if config.decoding != "quality":
+        return None
+    quality = model.item_quality.float().cpu()
+    if not quality.any():
+        raise InputError(
+            "search.decoding quality: this checkpoint holds no item quality (it was trained before the quality was "
+            "kept); train it again, or decode with argmax"
+        )
+    return quality
 
 
-def _last(values: torch.Tensor | None) -> torch.Tensor | None:
-    return None if values is None else values[:, -1]
-
-
-def _decide(contexts, lengths, logits, max_returns, conditioned, config: SearchConfig, seed: int) -> list[Decision]:
-    """Per user: the candidate with the largest max-return estimate (``max_returns`` (C,)) and the top-k items
-    (argmax or sampled) of its action logits ``logits`` (users, I)."""
+def _decide(
+    contexts,
+    lengths,
+    logits,
+    max_returns,
+    conditioned,
+    config: SearchConfig,
+    seed: int,
+    quality: torch.Tensor | None = None,
+) -> list[Decision]:
+    """Per user: the candidate with the largest max-return estimate (``max_returns`` (C,)) and the top-k items of its
+    action logits ``logits`` (users, I): the argmax, a draw, or (``quality`` (I,), decoding ``quality``) the best
+    ``quality_from`` by the logits ordered by quality."""
     generator = torch.Generator().manual_seed(seed + 1)
     best = best_candidates(lengths, max_returns.numpy())
     decisions, row = [], 0
@@ -286,6 +304,9 @@ def _decide(contexts, lengths, logits, max_returns, conditioned, config: SearchC
             gumbel = -torch.log(-torch.log(torch.rand(len(pool), generator=generator).clamp(1e-12, 1 - 1e-12)))
             keys = scores[pool] / config.temperature + gumbel  # Gumbel top-k: k draws without replacement
             items = pool[torch.topk(keys, k).indices]
+        elif config.decoding == "quality":
+            pool = torch.topk(scores, min(max(config.quality_from, k), allowed)).indices
+            items = pool[torch.argsort(quality[pool], descending=True, stable=True)[:k]]
         else:
             items = torch.topk(scores, k).indices
         decisions.append(

@@ -134,14 +134,15 @@ def _read_metadata(path: Path) -> dict:
 
 def _read_model(folder: Path, config: ModelConfig, shape: DataShape) -> MDT4Rec:
     """The network of ``config`` and ``shape`` with the weights of ``model.safetensors``; they must match key by
-    key."""
+    key, except that checkpoints written before the item quality was kept load with a zero ``item_quality`` (which
+    ``decoding: quality`` refuses)."""
     try:
         state = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise _damaged(folder / WEIGHTS, f"unreadable weights ({exc})") from None
     model = MDT4Rec(config, shape)
     expected = saved_state(model)
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - {"item_quality"})
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:

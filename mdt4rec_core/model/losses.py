@@ -38,8 +38,7 @@ def trajectory_losses(output, batch, config, shape) -> dict[str, torch.Tensor]:
     Returns ``action`` (cross-entropy of the logged action, read from R_t, over every window), ``max_return``
     (expectile regression of the max-return head, read from s_t, towards R_t) and ``return_bin`` (cross-entropy of
     R_t's bin), both over the windows without targets (``batch.conditioned`` false: a head that saw the window's
-    past returns-to-go could read R_t off R_{t-1} minus the last reward instead of estimating it), ``reward`` (mean
-    squared error of the logged action's predicted reward, over every window; with ``reward_head``) and ``total``
+    past returns-to-go could read R_t off R_{t-1} minus the last reward instead of estimating it), and ``total``
     (weighted as in ``config.loss``; the language-model term is added by the trainer).
     """
     mask = batch.step_mask
@@ -55,8 +54,4 @@ def trajectory_losses(output, batch, config, shape) -> dict[str, torch.Tensor]:
     bins = return_bins(batch.returns_to_go, shape.max_return, config.return_bins)
     return_bin = masked_cross_entropy(output.return_bin_logits, bins, head_mask)
     total = action + config.loss.max_weight * max_return + config.loss.bin_weight * return_bin
-    losses = {"action": action, "max_return": max_return, "return_bin": return_bin}
-    if output.action_rewards is not None:
-        losses["reward"] = (output.action_rewards[mask] - batch.rewards[mask]).square().mean()
-        total = total + config.loss.reward_weight * losses["reward"]
-    return {**losses, "total": total}
+    return {"action": action, "max_return": max_return, "return_bin": return_bin, "total": total}

@@ -1,6 +1,5 @@
 """The MDT4Rec network: per step the tokens (state s_t, return-to-go R_t, action a_t), in that order, through a causal
-LM backbone; action logits read from R_t, the max-return estimate, return-bin logits and (``reward_head``) every
-item's predicted reward read from s_t.
+LM backbone; action logits read from R_t, the max-return estimate and return-bin logits read from s_t.
 
 Shapes: B windows, T steps per window (<= context_steps), N items per state, I catalogue items, H backbone width,
 D item width (id embedding plus optional frozen text embedding).
@@ -50,30 +49,24 @@ def nearest_acted_distance(
 
 @dataclass
 class ModelOutput:
-    """``action_logits`` (B, T, I) from R_t; ``max_return`` (B, T) (in return units), ``return_bin_logits``
-    (B, T, bins), ``action_rewards`` (B, T) (the predicted reward of the window's action at each step) and, for the
-    last step only (T = 1), ``item_rewards`` (B, 1, I) (every item's predicted reward) from s_t; the last two are None
-    without ``reward_head``. Returns-to-go enter and the max-return head leaves the network scaled by
+    """``action_logits`` (B, T, I) from R_t; ``max_return`` (B, T) (in return units) and ``return_bin_logits``
+    (B, T, bins) from s_t. Returns-to-go enter and the max-return head leaves the network scaled by
     ``shape.max_return``, so both live in [0, 1]."""
 
     action_logits: torch.Tensor
     max_return: torch.Tensor
     return_bin_logits: torch.Tensor
-    action_rewards: torch.Tensor | None = None
-    item_rewards: torch.Tensor | None = None
 
 
 @dataclass
 class DecisionOutput:
-    """Per candidate (C candidates, user by user): ``action_logits`` (C, I) read from R_t, ``max_return`` (C,),
-    ``return_bin_logits`` (C, bins) and ``item_rewards`` (C, I) (every item's predicted reward; None without
-    ``reward_head``) read from s_t, ``returns_to_go`` (C,) the value R_t was conditioned on."""
+    """Per candidate (C candidates, user by user): ``action_logits`` (C, I) read from R_t, ``max_return`` (C,) and
+    ``return_bin_logits`` (C, bins) read from s_t, ``returns_to_go`` (C,) the value R_t was conditioned on."""
 
     action_logits: torch.Tensor
     max_return: torch.Tensor
     return_bin_logits: torch.Tensor
     returns_to_go: torch.Tensor
-    item_rewards: torch.Tensor | None = None
 
 
 class MDT4Rec(nn.Module):
@@ -83,11 +76,13 @@ class MDT4Rec(nn.Module):
         shape: DataShape,
         item_text: torch.Tensor | None = None,
         item_factors: torch.Tensor | None = None,
+        item_quality: torch.Tensor | None = None,
     ):
         """``config`` the hyper-parameters, ``shape`` the sizes taken from the data. ``item_text`` (I, text_dim):
         frozen text embeddings of the items when ``config.text_dim`` > 0; ``item_factors`` (I, factor_dim): frozen
-        item vectors factorised from the training logs when ``shape.factor_dim`` > 0. Both are left out when a
-        checkpoint's weights, which hold them, are loaded next."""
+        item vectors factorised from the training logs when ``shape.factor_dim`` > 0; ``item_quality`` (I,): each
+        item's shrunk mean reward in the training logs (what ``decoding: quality`` orders by). All are left out when
+        a checkpoint's weights, which hold them, are loaded next."""
         super().__init__()
         self.config, self.shape = config, shape
         frozen = (("item_text", item_text, config.text_dim), ("item_factors", item_factors, shape.factor_dim))
@@ -98,6 +93,9 @@ class MDT4Rec(nn.Module):
             if given is not None:
                 table[: shape.items] = given
             self.register_buffer(name, table)
+        if item_quality is not None and tuple(item_quality.shape) != (shape.items,):
+            raise ValueError(f"item_quality must have shape ({shape.items},)")
+        self.register_buffer("item_quality", torch.zeros(shape.items) if item_quality is None else item_quality.float())
         self.backbone = Backbone(config.backbone, max_positions=TOKENS_PER_STEP * config.context_steps)
         width, item_width = self.backbone.hidden_size, config.item_dim + config.text_dim + shape.factor_dim
         self.item_ids = nn.Embedding(shape.items + 1, config.item_dim, padding_idx=shape.items)
@@ -118,9 +116,6 @@ class MDT4Rec(nn.Module):
             self.distance_weights = nn.Linear(width, 1 + len(DISTANCE_KNOTS))
             nn.init.zeros_(self.distance_weights.weight)
             nn.init.zeros_(self.distance_weights.bias)
-        if config.reward_head:
-            self.reward_head = ResidualMLP(width, item_width)
-            self.reward_bias = nn.Parameter(torch.zeros(shape.items))
         self.max_return_head = nn.Linear(width, 1)
         self.return_bin_head = nn.Linear(width, config.return_bins)
 
@@ -167,20 +162,6 @@ class MDT4Rec(nn.Module):
             logits = logits + weights[..., k] * torch.relu(distance - knot)
         return logits
 
-    def item_rewards(self, state_hidden: torch.Tensor) -> torch.Tensor | None:
-        """(..., H) hidden states of s_t -> (..., I) every item's predicted reward at this step (None without
-        ``reward_head``): a bilinear score of the state against the item vectors, plus a per-item bias."""
-        if not hasattr(self, "reward_head"):
-            return None
-        return self.reward_head(state_hidden) @ self._catalogue(state_hidden.device).T + self.reward_bias
-
-    def _action_rewards(self, state_hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor | None:
-        """(..., H) hidden states of s_t and (...,) the actions taken -> (...,) their predicted rewards."""
-        if not hasattr(self, "reward_head"):
-            return None
-        actions = actions.clamp(max=self.shape.items - 1)  # padding steps: any item, the loss masks them
-        return (self.reward_head(state_hidden) * self.item_vectors(actions)).sum(-1) + self.reward_bias[actions]
-
     def _acted_distance(self, state_items, state_mask, timesteps) -> torch.Tensor | None:
         """``nearest_acted_distance`` of the given states when the distance head is on (no gradient flows)."""
         if not hasattr(self, "distance_weights"):
@@ -206,13 +187,7 @@ class MDT4Rec(nn.Module):
         action_logits = logits.new_zeros(*real.shape, self.shape.items)
         action_logits[real] = logits
         max_return, bin_logits = self.return_estimates(state_hidden)
-        return ModelOutput(
-            action_logits=action_logits,
-            max_return=max_return,
-            return_bin_logits=bin_logits,
-            action_rewards=self._action_rewards(state_hidden, batch.actions[:, steps]),
-            item_rewards=self.item_rewards(state_hidden) if last_step_only else None,
-        )
+        return ModelOutput(action_logits=action_logits, max_return=max_return, return_bin_logits=bin_logits)
 
     def _packed_hidden(
         self, batch: TrajectoryBatch, lengths: Sequence[Sequence[int]], conditioned: bool, max_batch_tokens: int | None
@@ -266,8 +241,7 @@ class MDT4Rec(nn.Module):
         the whole sequence shifted to end at the target: R_k = target + rewards collected from step k to t - 1, as
         training windows have it); action logits read at R_t, estimates at s_t."""
         hidden, packed = self._packed_hidden(batch, lengths, True, max_batch_tokens)
-        state_hidden = hidden[packed.state_slot]
-        max_return, bin_logits = self.return_estimates(state_hidden)
+        max_return, bin_logits = self.return_estimates(hidden[packed.state_slot])
         per_user = torch.as_tensor([len(user) for user in lengths], device=hidden.device)
         distance = self._acted_distance(batch.state_items[:, -1], batch.state_mask[:, -1], batch.timesteps[:, -1])
         if distance is not None:
@@ -277,7 +251,6 @@ class MDT4Rec(nn.Module):
             max_return=max_return,
             return_bin_logits=bin_logits,
             returns_to_go=batch.returns_to_go[:, -1].repeat_interleave(per_user),
-            item_rewards=self.item_rewards(state_hidden),
         )
 
     def parameter_counts(self) -> dict[str, int]:
