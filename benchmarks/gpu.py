@@ -113,7 +113,6 @@ def synthetic_arrays(episodes: int, steps: int, items: int, state_length: int, m
         state_feedback=rng.random((total, state_length)).astype(np.float32),
         state_mask=np.ones((total, state_length), dtype=bool),
         returns_to_go=np.tile(np.linspace(max_return, 0.5, steps), episodes).astype(np.float32),
-        rewards=rng.random(total).astype(np.float32),
         actions=rng.integers(0, items, total),
         timesteps=np.tile(np.arange(steps), episodes),
         items=items,

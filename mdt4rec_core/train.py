@@ -27,6 +27,7 @@ from mdt4rec_core.config import DataShape, ModelConfig, RunConfig, TrainConfig, 
 from mdt4rec_core.data.batch import TrajectoryBatch
 from mdt4rec_core.data.item_quality import QUALITY_PRIOR_WEIGHT, shrunk_means
 from mdt4rec_core.data.prefetch import prefetched
+from mdt4rec_core.data.schema import USER_ID
 from mdt4rec_core.data.windows import EpisodeArrays, episode_arrays, sample_windows
 from mdt4rec_core.errors import InputError
 from mdt4rec_core.model.checkpoint import load_checkpoint, save_checkpoint, saved_state
@@ -103,13 +104,14 @@ def training_data(
     read from the training episodes only."""
     arrays = episode_arrays(steps, shape.state_length, catalogue.height)
     validation = validation_users(pl.Series(arrays.users), config.validation_fraction).to_numpy()
-    train_episodes, validation_episodes = np.flatnonzero(~validation), np.flatnonzero(validation)
-    rows = arrays.step_rows(train_episodes)
-    quality = shrunk_means(arrays.actions[rows], arrays.rewards[rows], catalogue.height, QUALITY_PRIOR_WEIGHT)
+    training = steps.filter(~validation_users(steps[USER_ID], config.validation_fraction))
+    quality = shrunk_means(
+        training["action"].to_numpy(), training["reward"].to_numpy(), catalogue.height, QUALITY_PRIOR_WEIGHT
+    )
     return TrainingData(
         arrays,
-        train_episodes,
-        validation_episodes,
+        np.flatnonzero(~validation),
+        np.flatnonzero(validation),
         catalogue,
         shape,
         metadata,

@@ -25,7 +25,7 @@ class EpisodeArrays:
 
     ``starts``/``lengths`` (E,) locate each episode's steps; ``users`` (E,) its user id. Per step (S rows):
     ``state_items`` (S, N) catalogue indices with padding = ``items``, ``state_feedback`` (S, N), ``state_mask``
-    (S, N), ``returns_to_go`` (S,), ``rewards`` (S,), ``actions`` (S,), ``timesteps`` (S,).
+    (S, N), ``returns_to_go`` (S,), ``actions`` (S,), ``timesteps`` (S,).
     """
 
     starts: np.ndarray
@@ -35,7 +35,6 @@ class EpisodeArrays:
     state_feedback: np.ndarray
     state_mask: np.ndarray
     returns_to_go: np.ndarray
-    rewards: np.ndarray
     actions: np.ndarray
     timesteps: np.ndarray
     items: int
@@ -79,7 +78,6 @@ def episode_arrays(steps: pl.DataFrame, state_length: int, items: int) -> Episod
         state_feedback=padded["feedback"].to_numpy().astype(np.float32),
         state_mask=np.arange(state_length)[None, :] < width[:, None],
         returns_to_go=steps["return_to_go"].to_numpy().astype(np.float32),
-        rewards=steps["reward"].to_numpy().astype(np.float32),
         actions=steps["action"].to_numpy().astype(np.int64),
         timesteps=steps["step"].to_numpy().astype(np.int64),
         items=items,

@@ -106,7 +106,6 @@ def windows(
         state_feedback=np.concatenate([c.state_feedback for c in contexts]).astype(np.float32),
         state_mask=np.concatenate([c.state_mask for c in contexts]),
         returns_to_go=np.concatenate([c.returns_to_go for c in contexts]).astype(np.float32),
-        rewards=np.zeros(int(steps.sum()), dtype=np.float32),  # not read at inference
         actions=np.concatenate([np.append(c.actions, pad) for c in contexts]).astype(np.int64),  # a_t: unknown
         timesteps=np.concatenate([np.arange(s) for s in steps]),
         items=pad,
