@@ -18,8 +18,11 @@ def _solve_rows(indicator: sp.csr_matrix, ratings: sp.csr_matrix, other: np.ndar
     """Least-squares factors of every row of ``ratings`` (R, C) given the column factors ``other`` (C, d):
     (sum_c q_c q_c^T + reg * n_r * I)^-1 sum_c r_rc q_c per row r; rows without observations get zeros."""
     d = other.shape[1]
-    outer = (other[:, :, None] * other[:, None, :]).reshape(len(other), d * d)  # (C, d*d)
-    gram = np.asarray(indicator @ outer).reshape(-1, d, d)
+    upper = np.triu_indices(d)
+    outer = other[:, upper[0]] * other[:, upper[1]]  # (C, d(d+1)/2): the Gram matrices are symmetric
+    gram = np.empty((indicator.shape[0], d, d))
+    gram[:, upper[0], upper[1]] = indicator @ outer
+    gram[:, upper[1], upper[0]] = gram[:, upper[0], upper[1]]
     counts = np.asarray(indicator.sum(axis=1)).ravel()
     gram += (regularisation * np.maximum(counts, 1))[:, None, None] * np.eye(d)
     rhs = np.asarray(ratings @ other)
