@@ -59,7 +59,9 @@ def _run(
     if as_json:
         from tasks.json_output import json_ready
 
-        print(json.dumps(json_ready(result), default=str, allow_nan=False))
+        # One write with its newline: processes sharing the stream (torchrun's ranks) cannot split each other's line.
+        sys.stdout.write(json.dumps(json_ready(result), default=str, allow_nan=False) + "\n")
+        sys.stdout.flush()
     return result
 
 

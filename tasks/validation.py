@@ -2,7 +2,8 @@
 
 GX has no Polars backend: each frame is validated as a pandas view, in chunks of whole users so that memory stays
 bounded on large logs while per-user properties (uniqueness of events, episode structure) are still checked whole.
-Data Docs HTML for every validation lands under ``<store>/reports/``.
+Data Docs HTML for every validation lands under ``<store>/reports/``: a site shows what the process validated
+into it (an ingest's interactions and trajectories), never another site's results.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -23,6 +23,7 @@ import great_expectations.expectations as gxe  # noqa: E402
 import polars as pl  # noqa: E402
 import polars.selectors as cs  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+from great_expectations.exceptions import DataContextError  # noqa: E402
 
 # GX pins this module's logger to INFO, and it narrates creating a temporary Data Docs folder that it never uses.
 logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
@@ -165,19 +166,21 @@ def failure_message(report: ValidationReport, sources: list[str]) -> str:
 
 
 def run_suite(name: str, view: pl.DataFrame, expectations: list, reports_dir: Path) -> ValidationReport:
-    """Validate ``view`` (see ``check_suite``) and build Data Docs for the last chunk's result."""
-    report = check_suite(name, view, expectations)
+    """Validate ``view`` (see ``check_suite``) and build the Data Docs site in ``reports_dir`` with its results."""
+    context = _site_context(reports_dir)
+    report = check_suite(name, view, expectations, context)
     if report.rows:
-        report.data_docs = _build_docs(_context(), reports_dir)
+        report.data_docs = _build_docs(context, reports_dir)
     return report
 
 
-def check_suite(name: str, view: pl.DataFrame, expectations: list) -> ValidationReport:
-    """Validate ``view`` chunk by chunk (whole users per chunk)."""
+def check_suite(name: str, view: pl.DataFrame, expectations: list, context=None) -> ValidationReport:
+    """Validate ``view`` chunk by chunk (whole users per chunk), in ``context`` (the GX context that keeps the
+    results; a new one when not given)."""
     report = ValidationReport(suite=name, rows=view.height)
     if view.height == 0:
         return report
-    _, definition = _definition(name, expectations)
+    definition = _definition(context or _new_context(), name, expectations)
     chunks = max(1, math.ceil(view.height / MAX_ROWS_PER_CHUNK))
     merged: dict[tuple[str, str], ExpectationOutcome] = {}
     for chunk in _user_chunks(view, chunks):
@@ -206,29 +209,37 @@ def _as_pandas(frame: pl.DataFrame):
     return frame.with_columns(cs.integer().cast(pl.Int64), cs.float().cast(pl.Float64)).to_pandas()
 
 
-@cache
-def _context():
+def _new_context():
+    """An in-memory GX context (about 5 ms to make)."""
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     context.data_sources.add_pandas("frames")
     return context
 
 
-_DEFINITIONS: dict[str, object] = {}
+_SITE_CONTEXTS: dict[Path, object] = {}
 
 
-def _definition(name: str, expectations: list):
-    """The validation definition of (suite, expectations), made once per process."""
-    context = _context()
+def _site_context(reports_dir: Path):
+    """The context whose results make the Data Docs site in ``reports_dir``, one per site and process: a site built
+    from a shared context would show every store's validations, and each build would take longer than the last."""
+    key = Path(os.path.abspath(reports_dir))
+    if key not in _SITE_CONTEXTS:
+        _SITE_CONTEXTS[key] = _new_context()
+    return _SITE_CONTEXTS[key]
+
+
+def _definition(context, name: str, expectations: list):
+    """The validation definition of (suite, expectations) in ``context``, made on first use."""
     suite_name = f"{name}-{hashlib.sha256(repr(expectations).encode()).hexdigest()[:12]}"
-    if suite_name in _DEFINITIONS:
-        return context, _DEFINITIONS[suite_name]
+    try:
+        return context.validation_definitions.get(suite_name)
+    except DataContextError:
+        pass
     asset = context.data_sources.get("frames").add_dataframe_asset(suite_name)
     batch = asset.add_batch_definition_whole_dataframe("all rows")
     suite = context.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
-    definition = context.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
-    _DEFINITIONS[suite_name] = definition
-    return context, definition
+    return context.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
 
 
 def _user_chunks(view: pl.DataFrame, chunks: int):

@@ -33,6 +33,25 @@ def test_clean_interactions_pass_and_write_data_docs(tmp_path):
     assert (tmp_path / "docs" / "index.html").is_file()
 
 
+def test_each_site_shows_its_own_validations_only(tmp_path):
+    """One process validates two stores: the second's site lists its interactions and trajectories, not the first's."""
+    events = _events()
+    trajectories = trajectories_in_memory(events, TrajectoryConfig(), episode_rule(TrajectoryConfig()))
+
+    def pages(site):
+        return sorted((site / "validations").rglob("*.html"))
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    validate_interactions(events, first)
+    validate_interactions(events, second)
+    validate_trajectories(trajectories.steps, TrajectoryConfig(), trajectories.catalogue.height, second)
+    assert len(pages(first)) == 1 and len(pages(second)) == 2
+    suites = [page.relative_to(second / "validations").parts[0].split("-")[0] for page in pages(second)]
+    assert suites == ["interactions", "trajectories"]
+    index = (second / "index.html").read_text()
+    assert all(page.relative_to(second).as_posix() in index for page in pages(second))
+
+
 def test_interaction_suite_catches_duplicates_negatives_nulls_and_future_events(tmp_path):
     events = _events()
     bad = pl.concat(
