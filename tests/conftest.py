@@ -60,3 +60,16 @@ def _restore_mlflow_uris():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# The modules that take longest, started first when the suite runs on several workers (`make test`: one module per
+# worker), so that none of them starts last and leaves the other workers idle at the end.
+LONGEST_FIRST = ("test_orchestration", "test_train", "test_cli", "test_scoring", "test_study", "test_pipeline_command")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        module = item.path.stem
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module and among the other modules is kept

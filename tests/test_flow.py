@@ -2,6 +2,7 @@
 it stops): ingest-logs (task runs, artifact, a failing validation) and study-mdt4rec (a task per cell)."""
 
 import asyncio
+import time
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -18,9 +19,17 @@ def prefect_api():
         yield
 
 
-async def _task_runs(flow_run_id):
+async def _task_runs(flow_run_id, count: int, timeout: float = 60):
+    """The flow run's task runs once ``count`` of them are recorded in a final state, and the artifacts. The flow
+    sends task-run states to the server as events, which a busy server may record a moment after the flow returns."""
+    deadline = time.monotonic() + timeout
     async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        while True:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if sum(run.state is not None and run.state.is_final() for run in runs) >= count:
+                break
+            assert time.monotonic() < deadline, [(run.name, run.state) for run in runs]
+            await asyncio.sleep(0.5)
         artifacts = await client.read_artifacts()
     return runs, artifacts
 
@@ -30,7 +39,7 @@ def test_flow_runs_every_step_as_a_task(prefect_api, tmp_path):
     assert state.is_completed()
     summary = state.result()
     assert summary["rows_read"] == summary["rows_accepted"] > 0 and summary["trajectories_built"]
-    runs, artifacts = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    runs, artifacts = asyncio.run(_task_runs(state.state_details.flow_run_id, count=6))
     names = sorted(run.name.rsplit("-", 1)[0] for run in runs)
     assert names == [
         "build-trajectories",
@@ -91,7 +100,7 @@ def test_the_study_flow_runs_every_cell_as_a_task(prefect_api, tmp_path, monkeyp
         "mdt4rec",
         "mdt4rec-max",
     }
-    runs, artifacts = asyncio.run(_task_runs(state.state_details.flow_run_id))
+    runs, artifacts = asyncio.run(_task_runs(state.state_details.flow_run_id, count=6))
     names = sorted(run.name.rsplit("-", 1)[0] if run.name.startswith(("prepare", "log")) else run.name for run in runs)
     assert [n for n in names if n.startswith("cell-")] == [
         "cell-paper-mdt4rec-max-seed-0",

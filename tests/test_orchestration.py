@@ -546,7 +546,8 @@ def test_a_killed_serving_process_and_run_turn_crashed_and_free_the_slot_for_the
 
     from mdt4rec_core.config import load_run_config
 
-    settings = load_run_config().deployment
+    settings = load_run_config("smoke", "ml-100k").deployment
+    assert settings.crash_after_seconds == 60
     serving = stack.deploy if stack.deploy.poll() is None else _serve(stack)
     flow_run_id = _create_run(stack, force=True)
     deadline = time.monotonic() + 300
