@@ -32,7 +32,9 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/ruff check mdt4rec_core tasks flows mdt4rec_cli tests benchmarks experiments
-	$(BIN)/python -m pytest
+	# Three workers, one test module each at a time: the orchestration module mostly waits on its servers and flow
+	# runs, so the two cores stay busy with the other modules meanwhile.
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/ingest.py

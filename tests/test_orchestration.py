@@ -359,6 +359,8 @@ def test_an_unreachable_tracking_server_is_a_clear_error_and_registers_nothing(s
         "-d",
         "ml-100k",
         "--force",
+        "--set",
+        "tracking.retries=1",  # the error after one retry, not after the default four (30 s of back-off)
         env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"},
     )
     assert result.returncode == 2 and "cannot be reached" in result.stderr, result.stderr[-3000:]

@@ -127,7 +127,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(store, tmp_path):
         "--preset",
         "tiny",
         "--max-steps",
-        "400",
+        "200",
         "--set",
         "train.checkpoint_every=20",
         "--json",
@@ -146,7 +146,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(store, tmp_path):
     writer.wait()
     assert writer.returncode == -signal.SIGKILL, "training finished before it could be killed"
     resumed = last_json(mdt4rec(*args, "--out", str(killed)))
-    assert 0 < resumed["resumed_from"] < 400 and resumed["steps"] == 400
+    assert 0 < resumed["resumed_from"] < 200 and resumed["steps"] == 200
     assert resumed["train_loss_last"] == pytest.approx(reference["train_loss_last"], rel=1e-4)
     whole, interrupted = (load_file(str(p / "checkpoint" / "model.safetensors")) for p in (tmp_path / "whole", killed))
     assert whole.keys() == interrupted.keys()
