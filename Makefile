@@ -30,10 +30,10 @@ $(INSTALLED): pyproject.toml
 run: $(INSTALLED)
 	$(BIN)/mdt4rec pipeline --dataset ml-1m --profile cpu
 
+# Three workers, one test module each at a time: the orchestration module mostly waits on its servers and flow runs,
+# so the two cores stay busy with the other modules meanwhile.
 test: $(INSTALLED)
 	$(BIN)/ruff check mdt4rec_core tasks flows mdt4rec_cli tests benchmarks experiments
-	# Three workers, one test module each at a time: the orchestration module mostly waits on its servers and flow
-	# runs, so the two cores stay busy with the other modules meanwhile.
 	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 bench: $(INSTALLED)

@@ -30,6 +30,7 @@ PACKAGES = [pattern.rstrip("*") for pattern in PYPROJECT["tool"]["setuptools"]["
 NEVER_IMPORTED = {
     "accelerate": "transformers needs it to read the GGUF backbone",
     "gguf": "transformers needs it to read the GGUF backbone",
+    "pytest-xdist": "a pytest plugin: `make test` runs the suite on several workers with it",
     "ruff": "the lint, a command",
     "uv": "builds the served model's fresh environment in the tests, a command",
 }
