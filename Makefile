@@ -30,11 +30,12 @@ $(INSTALLED): pyproject.toml
 run: $(INSTALLED)
 	$(BIN)/mdt4rec pipeline --dataset ml-1m --profile cpu
 
-# Three workers, one test module each at a time: the orchestration module mostly waits on its servers and flow runs,
-# so the two cores stay busy with the other modules meanwhile.
+# Three single-threaded workers, one test module each at a time: the orchestration module mostly waits on its servers
+# and flow runs, so the two cores stay busy with the other modules meanwhile; one thread per process (and per process
+# a test starts) keeps the workers from contending for the cores.
 test: $(INSTALLED)
 	$(BIN)/ruff check mdt4rec_core tasks flows mdt4rec_cli tests benchmarks experiments
-	$(BIN)/python -m pytest -n 3 --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 3 --dist loadfile
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/ingest.py
