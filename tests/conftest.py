@@ -64,15 +64,7 @@ def _restore_mlflow_uris():
 
 # The modules that take longest, started first when the suite runs on several workers (`make test`: one module per
 # worker), so that none of them starts last and leaves the other workers idle at the end.
-LONGEST_FIRST = (
-    "test_orchestration",
-    "test_orchestration_faults",
-    "test_train",
-    "test_cli",
-    "test_scoring",
-    "test_study",
-    "test_pipeline_command",
-)
+LONGEST_FIRST = ("test_orchestration", "test_train", "test_cli", "test_scoring", "test_study", "test_pipeline_command")
 
 
 def pytest_collection_modifyitems(items):
