@@ -180,7 +180,7 @@ def check_suite(name: str, view: pl.DataFrame, expectations: list, context=None)
     report = ValidationReport(suite=name, rows=view.height)
     if view.height == 0:
         return report
-    definition = _definition(context or _new_context(), name, expectations)
+    definition = _definition(_new_context() if context is None else context, name, expectations)
     chunks = max(1, math.ceil(view.height / MAX_ROWS_PER_CHUNK))
     merged: dict[tuple[str, str], ExpectationOutcome] = {}
     for chunk in _user_chunks(view, chunks):

@@ -143,6 +143,26 @@ def test_item_factors_recover_the_logged_geometry_from_the_logs_alone():
     assert np.abs(distances * scale - true_distances).mean() < 0.1 * true_distances.mean()
 
 
+def test_each_rows_least_squares_factors_solve_its_own_normal_equations():
+    """The batched solve (Gram matrices from their upper triangles) equals each row's dense least squares."""
+    import scipy.sparse as sp
+
+    from mdt4rec_core.data.item_factors import _solve_rows
+
+    rng = np.random.default_rng(1)
+    rows, columns, d, regularisation = 30, 12, 5, 0.05
+    observed = rng.random((rows, columns)) < 0.4
+    observed[0] = False  # a row without observations gets zeros
+    values = np.where(observed, rng.integers(1, 6, (rows, columns)), 0).astype(float)
+    other = rng.normal(size=(columns, d))
+    solved = _solve_rows(sp.csr_matrix(observed.astype(float)), sp.csr_matrix(values), other, regularisation)
+    for r in range(rows):
+        q = other[observed[r]]
+        normal = q.T @ q + regularisation * max(observed[r].sum(), 1) * np.eye(d)
+        assert np.allclose(solved[r], np.linalg.solve(normal, q.T @ values[r, observed[r]]), atol=1e-10)
+    assert not solved[0].any()
+
+
 def test_trajectory_item_factors_are_a_function_of_the_logged_steps():
     trajectories = _quit_aware(_logs())
     steps = trajectories.steps
