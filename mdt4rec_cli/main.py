@@ -107,9 +107,10 @@ def ingest(
 
     def command() -> dict[str, Any]:
         from mdt4rec_core.config import load_run_config
-        from tasks.ingest import dataset_to_ingest, run_ingest
 
         config = load_run_config(dataset=dataset, overrides=list(overrides or []), store=store)
+        from tasks.ingest import dataset_to_ingest, run_ingest  # bad settings fail before GX is imported
+
         return run_ingest(config, dataset_to_ingest(config, source, _format(format)))
 
     _run(command, as_json, _render_ingest)
@@ -133,9 +134,10 @@ def validate(
 
     def command() -> dict[str, Any]:
         from mdt4rec_core.config import load_run_config
-        from tasks.validation import validate_stored
 
         config = load_run_config(dataset=dataset, overrides=list(overrides or []), store=store)
+        from tasks.validation import validate_stored
+
         return validate_stored(config, repair)
 
     def render(result: dict[str, Any]) -> None:
@@ -175,11 +177,12 @@ def pipeline(
     unless PREFECT_API_URL is set; MLflow on ./mlflow.db unless MLFLOW_TRACKING_URI is set)."""
 
     def command() -> dict[str, Any]:
-        from flows.train_mdt4rec import train_mdt4rec
         from mdt4rec_core.config import load_run_config
 
-        load_run_config(profile, dataset, list(overrides or []))  # bad input fails here, before Prefect starts
+        load_run_config(profile, dataset, list(overrides or []))  # bad input fails here, before any heavy import
         check_prefect_api()
+        from flows.train_mdt4rec import train_mdt4rec
+
         _hide_temporary_server_stop()
         return train_mdt4rec(profile=profile, dataset=dataset, overrides=list(overrides or []), force=force)
 
@@ -247,18 +250,19 @@ def deploy(
     server."""
 
     def command() -> dict[str, Any]:
+        from mdt4rec_core.config import load_run_config
+        from mdt4rec_core.errors import InputError
+
+        settings = load_run_config(profile, dataset).deployment
+        if not os.environ.get("PREFECT_API_URL"):
+            raise InputError("PREFECT_API_URL is not set: start `prefect server start` and point at its /api")
+        check_prefect_api()
         from prefect import serve
         from prefect.schedules import Cron
 
         from flows.train_mdt4rec import train_mdt4rec
-        from mdt4rec_core.config import load_run_config
-        from mdt4rec_core.errors import InputError
         from tasks.deployment import install_automations, process_loss_automations, send_heartbeats
 
-        if not os.environ.get("PREFECT_API_URL"):
-            raise InputError("PREFECT_API_URL is not set: start `prefect server start` and point at its /api")
-        check_prefect_api()
-        settings = load_run_config(profile, dataset).deployment
         deployment = train_mdt4rec.to_deployment(
             name=settings.name_for(dataset),
             schedules=[Cron(cron or settings.cron, timezone=timezone or settings.timezone)],
@@ -418,10 +422,11 @@ def train_command(
         from pathlib import Path
 
         from mdt4rec_core.config import load_run_config
-        from tasks.training import train_model
 
         assignments = list(overrides or []) + ([f"train.max_steps={max_steps}"] if max_steps else [])
         run = load_run_config(dataset=dataset, overrides=assignments, preset=preset, store=store)
+        from tasks.training import train_model
+
         summary = train_model(run, Path(out))
         summary.pop("history")
         return summary

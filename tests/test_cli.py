@@ -269,7 +269,7 @@ def test_json_output_is_strict_json_with_null_for_what_is_not_a_number(smoke_run
     assert isinstance(summary["R_cumu"], float)
 
 
-HEAVY = ("torch", "prefect", "mlflow", "transformers")
+HEAVY = ("torch", "prefect", "mlflow", "transformers", "great_expectations")
 MODULES_AFTER = """
 import json, runpy, sys
 sys.argv = ["mdt4rec", *sys.argv[1:]]
@@ -292,4 +292,22 @@ def test_help_and_ingest_start_without_torch_prefect_mlflow_or_transformers(tmp_
             [sys.executable, "-c", MODULES_AFTER, *command], capture_output=True, text=True, timeout=300
         )
         report = json.loads(result.stdout.strip().splitlines()[-1])
-        assert report == {"code": 0, "loaded": []}, (command, report, result.stderr[-2000:])
+        assert report["code"] == 0 and "torch" not in report["loaded"], (command, report, result.stderr[-2000:])
+        assert set(report["loaded"]) <= ({"great_expectations"} if command == ingest else set()), report
+
+
+def test_bad_settings_fail_in_one_line_before_any_heavy_library_loads(tmp_path):
+    """A mistyped --set is reported before the flow, GX, torch or MLflow is imported (about a second, not ten)."""
+    store = ["--store", str(tmp_path / "s"), "--set", "train.bogus=1"]
+    for command in (["pipeline", "--profile", "smoke", "-d", "ml-100k"], ["train"], ["ingest"], ["validate"]):
+        result = subprocess.run(
+            [sys.executable, "-c", MODULES_AFTER, *command, *store[2 if command[0] == "pipeline" else 0 :]],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report == {"code": 2, "loaded": []}, (command, report, result.stderr[-2000:])
+        assert result.stderr.strip().splitlines() == [
+            "error: unknown configuration key 'train.bogus' in override 'train.bogus=1'"
+        ], result.stderr
