@@ -75,6 +75,7 @@ class Stack:
     deploy: subprocess.Popen
     tracking_command: list[str] = field(default_factory=list)
     servers: list[subprocess.Popen] = field(default_factory=list)  # stopped in reverse order when the module ends
+    killed_run: tuple[str, dt.datetime] | None = None  # a served run killed with its process, and when
 
     def run(self, *command: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -327,6 +328,73 @@ def test_stopping_the_serving_process_leaves_the_deployment_unpaused(stack):
     assert deployment["paused"] is False and all(s["active"] for s in deployment["schedules"])
 
 
+def _train_task_runs(stack: Stack, flow_run_id: str | None = None) -> list[dict]:
+    """Task runs of the ``train`` task (all of them, or of one flow run)."""
+    body = {"task_runs": {"name": {"like_": "train-"}}}
+    if flow_run_id:
+        body["flow_runs"] = {"id": {"any_": [flow_run_id]}}
+    runs = httpx.post(f"{stack.prefect_api}/task_runs/filter", json=body, timeout=10).json()
+    return [run for run in runs if run["name"].rsplit("-", 1)[0] == "train"]
+
+
+def _serve(stack: Stack) -> subprocess.Popen:
+    """A new serving process for the nightly deployment (stopped with the module's servers), once it polls."""
+    log = stack.logs / f"deploy-{len(stack.servers)}.log"
+    command = [str(BIN / "mdt4rec"), "deploy", "--dataset", "ml-100k", "--profile", "smoke"]
+    serving = _start(command, stack.env, stack.work, log)
+    stack.servers.append(serving)
+    deadline = time.monotonic() + 120
+    while "being served" not in log.read_text():
+        assert serving.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    return serving
+
+
+def _create_run(stack: Stack, **parameters) -> str:
+    """The id of a new run of the deployment (its default parameters with ``parameters`` over them), created the way
+    `prefect deployment run` creates it: through Prefect's client, which retries the answers a busy server gives."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(DEPLOYMENT)
+        return str(client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id)
+
+
+def _await_state(stack: Stack, flow_run_id: str, state_type: str, timeout: float) -> float:
+    """Seconds until the flow run is in ``state_type``; fails after ``timeout`` s."""
+    started = time.monotonic()
+    while True:
+        run = httpx.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()
+        elapsed = time.monotonic() - started
+        if run["state_type"] == state_type:
+            return elapsed
+        assert elapsed < timeout, f"{run['state_type']} after {elapsed:.0f} s, not {state_type}: {run['state']}"
+        time.sleep(0.5)
+
+
+def test_a_killed_serving_process_takes_its_running_flow_run_with_it(stack):
+    """kill -9 of the serving process and the run's processes while the run trains. The heartbeat automation sets
+    it Crashed a minute or so later; the tests after this one run meanwhile, and a later one checks the outcome."""
+    import psutil
+
+    serving = stack.deploy if stack.deploy.poll() is None else _serve(stack)
+    flow_run_id = _create_run(stack, force=True)
+    deadline = time.monotonic() + 300
+    while not _train_task_runs(stack, flow_run_id):
+        assert time.monotonic() < deadline, "the run did not reach its train task"
+        time.sleep(0.2)
+    children = psutil.Process(serving.pid).children(recursive=True)  # the flow run's process and its helpers
+    assert children
+    for pid in (serving.pid, *(child.pid for child in children)):
+        os.kill(pid, signal.SIGKILL)
+    stack.killed_run = flow_run_id, dt.datetime.now(dt.UTC)
+    serving.wait()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+    assert httpx.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()["state_type"] == "RUNNING"
+
+
 def test_a_failing_validation_fails_the_flow_with_its_report_and_registers_nothing(stack):
     from tests.test_lock_and_failures import READER_CLOCK_AHEAD
 
@@ -448,28 +516,6 @@ def test_evaluations_fan_out_on_a_two_worker_dask_cluster_with_the_same_figures(
     assert [r["mode"] for r in results["dask"]] == ["FB", "NX_10"]
 
 
-def test_the_train_task_runs_under_torchrun_with_two_processes(stack, tmp_path):
-    from mdt4rec_core.config import load_run_config
-    from tasks.training import train_model
-
-    store = stack.work / "store"
-    run = load_run_config(
-        "smoke", "ml-100k", ["scale.train_processes=2", "train.max_steps=4", f"store={json.dumps(str(store))}"]
-    )
-    summary = train_model(run, tmp_path / "ddp")
-    assert summary["world_size"] == 2 and summary["steps"] == 4
-    assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").is_file()
-
-
-def _train_task_runs(stack: Stack, flow_run_id: str | None = None) -> list[dict]:
-    """Task runs of the ``train`` task (all of them, or of one flow run)."""
-    body = {"task_runs": {"name": {"like_": "train-"}}}
-    if flow_run_id:
-        body["flow_runs"] = {"id": {"any_": [flow_run_id]}}
-    runs = httpx.post(f"{stack.prefect_api}/task_runs/filter", json=body, timeout=10).json()
-    return [run for run in runs if run["name"].rsplit("-", 1)[0] == "train"]
-
-
 def test_a_run_whose_tracking_server_went_away_is_registered_by_the_next_without_training_again(stack):
     _landed_log(stack, "2026-12-02.inter", rows=300, shift_seconds=20_000_000)
     versions, trainings = len(stack.versions()), len(_train_task_runs(stack))
@@ -507,67 +553,20 @@ def test_a_run_whose_tracking_server_went_away_is_registered_by_the_next_without
     assert "Training: reused `" in stack.latest_summary()
 
 
-def _serve(stack: Stack) -> subprocess.Popen:
-    """A new serving process for the nightly deployment (stopped with the module's servers), once it polls."""
-    log = stack.logs / f"deploy-{len(stack.servers)}.log"
-    command = [str(BIN / "mdt4rec"), "deploy", "--dataset", "ml-100k", "--profile", "smoke"]
-    serving = _start(command, stack.env, stack.work, log)
-    stack.servers.append(serving)
-    deadline = time.monotonic() + 120
-    while "being served" not in log.read_text():
-        assert serving.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
-    return serving
-
-
-def _create_run(stack: Stack, **parameters) -> str:
-    """The id of a new run of the deployment (its default parameters with ``parameters`` over them), created the way
-    `prefect deployment run` creates it: through Prefect's client, which retries the answers a busy server gives."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(DEPLOYMENT)
-        return str(client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id)
-
-
-def _await_state(stack: Stack, flow_run_id: str, state_type: str, timeout: float) -> float:
-    """Seconds until the flow run is in ``state_type``; fails after ``timeout`` s."""
-    started = time.monotonic()
-    while True:
-        run = httpx.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()
-        elapsed = time.monotonic() - started
-        if run["state_type"] == state_type:
-            return elapsed
-        assert elapsed < timeout, f"{run['state_type']} after {elapsed:.0f} s, not {state_type}: {run['state']}"
-        time.sleep(0.5)
-
-
-def test_a_killed_serving_process_and_run_turn_crashed_and_free_the_slot_for_the_next_run(stack):
-    import psutil
-
+def test_the_killed_run_turned_crashed_after_its_heartbeats_stopped_and_freed_the_slot(stack):
     from mdt4rec_core.config import load_run_config
 
     settings = load_run_config("smoke", "ml-100k").deployment
-    assert settings.crash_after_seconds == 60
-    serving = stack.deploy if stack.deploy.poll() is None else _serve(stack)
-    flow_run_id = _create_run(stack, force=True)
-    deadline = time.monotonic() + 300
-    while not _train_task_runs(stack, flow_run_id):
-        assert time.monotonic() < deadline, "the run did not reach its train task"
-        time.sleep(0.2)
-    children = psutil.Process(serving.pid).children(recursive=True)  # the flow run's process and its helpers
-    assert children
-    for pid in (serving.pid, *(child.pid for child in children)):
-        os.kill(pid, signal.SIGKILL)
-    serving.wait()
-    _, alive = psutil.wait_procs(children, timeout=10)
-    assert not alive
-
+    assert settings.crash_after_seconds == 60 and stack.killed_run is not None
+    flow_run_id, killed_at = stack.killed_run
     # The last heartbeat came at most heartbeat_seconds before the kill; the automation looks every few seconds.
     bound = settings.crash_after_seconds + 30
-    crashed_after = _await_state(stack, flow_run_id, "CRASHED", timeout=bound)
+    waited = (dt.datetime.now(dt.UTC) - killed_at).total_seconds()
+    _await_state(stack, flow_run_id, "CRASHED", timeout=max(bound - waited, 1))
+    state = httpx.get(f"{stack.prefect_api}/flow_runs/{flow_run_id}", timeout=10).json()["state"]
+    crashed_after = (dt.datetime.fromisoformat(state["timestamp"]) - killed_at).total_seconds()
     print(f"Crashed {crashed_after:.0f} s after the kill (bound {bound} s)")
+    assert settings.crash_after_seconds - settings.heartbeat_seconds <= crashed_after <= bound
     assert stack.deployment()["global_concurrency_limit"]["active_slots"] == 0
 
     _serve(stack)

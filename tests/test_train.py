@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mdt4rec_core.config import SearchConfig
+from mdt4rec_core.config import SearchConfig, load_run_config
 from mdt4rec_core.data.trajectories import load_trajectories
 from mdt4rec_core.data.windows import collate, episode_arrays
 from mdt4rec_core.errors import InputError
@@ -184,6 +184,18 @@ def test_two_process_torchrun_gloo_step(store, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert summaries and all(s["world_size"] == 2 and s["steps"] == 3 for s in summaries)
+    assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_the_train_task_runs_under_torchrun_with_two_processes(store, tmp_path):
+    """The pipeline's train task with ``scale.train_processes=2``: it starts torchrun itself, every rank trains."""
+    from tasks.training import train_model
+
+    run = load_run_config(
+        "smoke", "ml-100k", ["scale.train_processes=2", "train.max_steps=4", f"store={json.dumps(store)}"]
+    )
+    summary = train_model(run, tmp_path / "ddp")
+    assert summary["world_size"] == 2 and summary["steps"] == 4
     assert (tmp_path / "ddp" / "checkpoint" / "model.safetensors").is_file()
 
 
