@@ -34,6 +34,7 @@ import os
 import posixpath
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,6 +71,9 @@ LOCK_POLL_SECONDS = 0.2
 """How often a writer tries again to take a writer lock held by another process."""
 LOCK_REPORT_SECONDS = 30.0
 """How often a writer waiting for a writer lock says so again."""
+
+
+_NPY_HEADER_LOCK = threading.Lock()  # SystemError 'AST constructor recursion depth mismatch' otherwise
 
 
 class LockTimeout(InputError):
@@ -247,7 +251,9 @@ class Store:
         return payload
 
     def _array(self, relative: str) -> np.ndarray:
-        return np.load(io.BytesIO(self._bytes(relative)), allow_pickle=False)
+        data = io.BytesIO(self._bytes(relative))
+        with _NPY_HEADER_LOCK:  # np.load parses its header with ast: not safe in two threads at once on Python 3.11
+            return np.load(data, allow_pickle=False)
 
     def _table(self, relative: str) -> pl.DataFrame:
         return pl.read_parquet(self.url(relative))
